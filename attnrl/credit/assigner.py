@@ -1,0 +1,174 @@
+"""From a batch of rollouts to per-token advantage weights: the one object both trainers call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from attnrl.attention.capture import CaptureError, capture_statistics, enable_capture, num_layers
+from attnrl.kernels import AttentionStats, StatsSpec
+
+from .config import CreditConfig
+from .heads import HeadProfile, default_layers, head_mean_distances, token_fai, token_waad
+from .strategies import STRATEGY_NEEDS, CreditInputs, coupled_roles, get_strategy
+
+
+@dataclass
+class CreditResult:
+    """Weights and the statistics behind them, all (B, Tc) over the completion positions."""
+
+    gamma: torch.Tensor
+    waad: torch.Tensor | None = None
+    fai: torch.Tensor | None = None
+    roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class CreditAssigner:
+    """Computes gamma (B, Tc) for rollouts of ``model`` according to a :class:`CreditConfig`.
+
+    Construction validates everything that can be checked without data (strategy, layers, capturability) so
+    that a bad configuration fails before training starts.
+    """
+
+    def __init__(self, config: CreditConfig, model):
+        config.validate_credit()
+        self.config = config
+        self.params = config.credit_params()
+        self.strategy = get_strategy(config.credit_strategy)
+        self.needs = STRATEGY_NEEDS[config.credit_strategy]
+        self.spec = StatsSpec(config.credit_window, config.credit_fai_lo, config.credit_fai_hi)
+        self.generator = torch.Generator().manual_seed(config.credit_seed)
+        self.profile: HeadProfile | None = None
+        self.layers: list[int] = []
+        if "attention" not in self.needs:
+            return
+        try:
+            enable_capture(model)
+        except CaptureError as e:
+            raise CaptureError(f"credit_strategy={config.credit_strategy!r} needs attention capture: {e}") from e
+        n = num_layers(model)
+        self.layers = sorted(config.credit_layers) if config.credit_layers else default_layers(n, config.credit_num_layers)
+        bad = [layer for layer in self.layers if not 0 <= layer < n]
+        if bad:
+            raise ValueError(
+                f"credit_layers={config.credit_layers} includes {bad}, out of range for a model with {n} layers "
+                f"(valid: 0..{n - 1}); leave credit_layers unset for the default middle layers"
+            )
+        if config.credit_head_profile_path:
+            self.profile = HeadProfile.load(config.credit_head_profile_path)
+            if self.profile.layers != self.layers:
+                raise ValueError(
+                    f"credit_head_profile_path holds layers {self.profile.layers} but credit_layers resolve to "
+                    f"{self.layers}; set credit_layers to match or profile again"
+                )
+        self._probe(model)
+
+    def _probe(self, model) -> None:
+        """A 3-token forward proving the selected layers are captured (fails early, before any training)."""
+        dev = next(model.parameters()).device
+        ids = torch.zeros(1, 3, dtype=torch.long, device=dev)
+        mask = torch.ones_like(ids)
+        try:
+            with torch.no_grad(), capture_statistics(
+                model, self.layers, mask, torch.tensor([1]), self.spec, backend="torch", stop_after_last_layer=True
+            ):
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+        except CaptureError as e:
+            raise CaptureError(f"credit_strategy={self.config.credit_strategy!r}: {e}") from e
+
+    @torch.no_grad()
+    def collect_statistics(
+        self, model, input_ids, attention_mask, resp_start: int, batch_size: int | None = None, **forward_kwargs
+    ) -> dict[int, AttentionStats]:
+        """Statistics of ``self.layers`` over full sequences (B, H, T), computed in micro-batches.
+
+        The forward stops after the last selected layer, so the rest of the network is never run.
+        """
+        B = input_ids.shape[0]
+        batch_size = batch_size or B
+        parts: list[dict[int, AttentionStats]] = []
+        for i in range(0, B, batch_size):
+            sl = slice(i, i + batch_size)
+            resp = torch.full((input_ids[sl].shape[0],), resp_start, device=input_ids.device)
+            with capture_statistics(
+                model, self.layers, attention_mask[sl], resp, self.spec,
+                backend=self.config.credit_backend, stop_after_last_layer=True,
+            ) as cap:
+                extra = {k: (v[sl] if torch.is_tensor(v) and v.shape[:1] == (B,) else v) for k, v in forward_kwargs.items()}
+                model(input_ids=input_ids[sl], attention_mask=attention_mask[sl], use_cache=False, **extra)
+            parts.append(cap.stats)
+        return {layer: _cat_stats([p[layer] for p in parts]) for layer in self.layers}
+
+    def head_profile(self, stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> HeadProfile:
+        """The local/global split: cached, or recomputed from this batch (config.credit_head_profile)."""
+        if self.profile is not None and self.config.credit_head_profile == "cached":
+            return self.profile
+        profile = HeadProfile.from_distances(
+            self.layers, head_mean_distances(stats, response_mask), self.config.credit_head_fraction
+        )
+        if self.config.credit_head_profile == "cached":
+            self.profile = profile
+        return profile
+
+    def assign(
+        self,
+        model,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        *,
+        entropy: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        **forward_kwargs,
+    ) -> CreditResult:
+        """gamma for a padded batch: prompts (B, Tp) left-padded, completions (B, Tc) right-padded."""
+        response = completion_mask.bool()
+        inputs = CreditInputs(response_mask=response, entropy=entropy, generator=self.generator)
+        result = CreditResult(gamma=torch.ones_like(completion_mask, dtype=torch.float32))
+        if "attention" in self.needs:
+            Tp = prompt_ids.shape[1]
+            ids = torch.cat([prompt_ids, completion_ids], 1)
+            mask = torch.cat([prompt_mask, completion_mask], 1)
+            stats = self.collect_statistics(model, ids, mask, Tp, batch_size, **forward_kwargs)
+            full_response = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response], 1)
+            profile = self.head_profile(stats, full_response)
+            inputs.waad = token_waad(stats, profile)[:, Tp:].to(response.device)
+            inputs.fai = token_fai(stats, profile)[:, Tp:].to(response.device)
+            result.waad, result.fai = inputs.waad, inputs.fai
+            result.metrics.update(_attention_metrics(inputs, profile))
+            if self.config.credit_strategy == "coupled":
+                result.roles = coupled_roles(inputs, self.params)
+        result.gamma = self.strategy(inputs, self.params).to(response.device) * response + (~response)
+        amplified = (result.gamma > 1.0) & response
+        n = response.sum().clamp(min=1)
+        result.metrics["credit/amplified_frac"] = (amplified.sum() / n).item()
+        result.metrics["credit/gamma_mean"] = ((result.gamma * response).sum() / n).item()
+        if result.roles:
+            result.metrics["credit/dominated_anchor_frac"] = (result.roles["dominated"].sum() / n).item()
+        return result
+
+
+def _cat_stats(parts: list[AttentionStats]) -> AttentionStats:
+    if len(parts) == 1:
+        return parts[0]
+    span = None if parts[0].span_mass is None else torch.cat([p.span_mass for p in parts])
+    return AttentionStats(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                            ("lse", "dist_sum", "waad", "fai_sum", "fai_count")), span_mass=span)
+
+
+def _attention_metrics(x: CreditInputs, profile: HeadProfile) -> dict[str, float]:
+    r = x.response_mask
+    waad = x.waad[r]
+    fai = x.fai[r & ~torch.isnan(x.fai)]
+    nan = float("nan")
+    return {
+        "credit/waad_mean": waad.mean().item() if waad.numel() else nan,
+        "credit/waad_std": waad.std().item() if waad.numel() > 1 else nan,
+        "credit/fai_mean": fai.mean().item() if fai.numel() else nan,
+        "credit/fai_max": fai.max().item() if fai.numel() else nan,
+        "credit/local_head_distance": profile.distances[profile.local].mean().item(),
+        "credit/global_head_distance": profile.distances[profile.global_].mean().item(),
+    }

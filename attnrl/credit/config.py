@@ -1,0 +1,108 @@
+"""Credit-assignment settings shared by the GRPO and PPO trainers (METHODS.md §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attnrl.kernels.dispatch import BACKENDS
+
+from .strategies import STRATEGIES, CreditParams
+
+HEAD_PROFILE_MODES = ("per_batch", "cached")
+SIGN_MODES = ("both", "nonnegative")
+
+
+@dataclass
+class CreditConfig:
+    """Attention-aware credit settings. Defaults follow METHODS.md; values marked "ours" are attnrl's choices."""
+
+    credit_strategy: str = field(
+        default="coupled",
+        metadata={"help": "How advantages are re-weighted per token: 'uniform' (plain GRPO), 'random', 'entropy', "
+                  "'local_chunk', 'global_anchor' or 'coupled' (the paper's best)."},
+    )
+    credit_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Decoder layers whose attention is analysed. Default: `credit_num_layers` layers evenly "
+                  "spaced in [floor(L/3), floor(2L/3)]."},
+    )
+    credit_num_layers: int = field(default=5, metadata={"help": "Number of middle layers when credit_layers is unset."})
+    credit_head_fraction: float = field(
+        default=0.3, metadata={"help": "Fraction of heads (by mean attention distance) taken as local / global."}
+    )
+    credit_head_profile: str = field(
+        default="per_batch",
+        metadata={"help": "'per_batch': re-split local/global heads on every rollout batch; 'cached': split once on "
+                  "the first batch (or load credit_head_profile_path) and keep it."},
+    )
+    credit_head_profile_path: str | None = field(
+        default=None, metadata={"help": "JSON head profile to load (cached mode) — see HeadProfile.save."}
+    )
+    credit_window: int = field(default=10, metadata={"help": "WAAD window W (tokens)."})
+    credit_fai_lo: int = field(default=10, metadata={"help": "FAI horizon start H_lo (tokens)."})
+    credit_fai_hi: int | None = field(default=100, metadata={"help": "FAI horizon end H_hi (tokens; None = end)."})
+    credit_gamma_amp: float = field(default=1.5, metadata={"help": "Advantage multiplier of amplified tokens."})
+    credit_top_q: float = field(default=0.4, metadata={"help": "Fraction q of response tokens selected by TopQ."})
+    credit_coupled_k: int = field(default=3, metadata={"help": "Coupled: look-back k for an anchor's introducer."})
+    credit_coupled_alpha: float = field(
+        default=0.5, metadata={"help": "Coupled: share of a dominated anchor's bonus given to its introducer (ours)."}
+    )
+    credit_sign_mode: str = field(
+        default="both",
+        metadata={"help": "'both': shape positive and negative advantages (paper v2); 'nonnegative': only A >= 0."},
+    )
+    credit_backend: str = field(
+        default="auto", metadata={"help": "Statistics backend: 'auto' (Triton on CUDA), 'torch' or 'triton'."}
+    )
+    credit_seed: int = field(default=0, metadata={"help": "Seed of the 'random' strategy's scores."})
+
+    def validate_credit(self) -> None:
+        """Raise ValueError naming the bad field and the fix."""
+        if self.credit_strategy not in STRATEGIES:
+            raise ValueError(
+                f"credit_strategy={self.credit_strategy!r} is unknown; set it to one of {sorted(STRATEGIES)}"
+            )
+        if not 0.0 < self.credit_top_q <= 1.0:
+            raise ValueError(f"credit_top_q={self.credit_top_q} must lie in (0, 1]; the paper's default is 0.4")
+        if not 0.0 < self.credit_head_fraction <= 0.5:
+            raise ValueError(
+                f"credit_head_fraction={self.credit_head_fraction} must lie in (0, 0.5] so local and global heads "
+                "do not overlap; the paper uses 0.3"
+            )
+        if self.credit_head_profile not in HEAD_PROFILE_MODES:
+            raise ValueError(f"credit_head_profile={self.credit_head_profile!r}; use one of {HEAD_PROFILE_MODES}")
+        if self.credit_sign_mode not in SIGN_MODES:
+            raise ValueError(f"credit_sign_mode={self.credit_sign_mode!r}; use one of {SIGN_MODES}")
+        if self.credit_backend not in BACKENDS:
+            raise ValueError(f"credit_backend={self.credit_backend!r}; use one of {BACKENDS}")
+        if self.credit_gamma_amp < 1.0:
+            raise ValueError(f"credit_gamma_amp={self.credit_gamma_amp} must be >= 1 (1 disables amplification)")
+        if self.credit_window < 1:
+            raise ValueError(f"credit_window={self.credit_window} must be >= 1 token")
+        if self.credit_fai_lo < 0 or (self.credit_fai_hi is not None and self.credit_fai_hi < self.credit_fai_lo):
+            raise ValueError(
+                f"FAI horizon credit_fai_lo={self.credit_fai_lo}, credit_fai_hi={self.credit_fai_hi}: need "
+                "0 <= credit_fai_lo <= credit_fai_hi (or credit_fai_hi=None for the end of the sequence)"
+            )
+        if not 0.0 <= self.credit_coupled_alpha <= 1.0:
+            raise ValueError(f"credit_coupled_alpha={self.credit_coupled_alpha} must lie in [0, 1]")
+        if self.credit_coupled_k < 1:
+            raise ValueError(f"credit_coupled_k={self.credit_coupled_k} must be >= 1")
+        if self.credit_layers is not None and len(self.credit_layers) == 0:
+            raise ValueError("credit_layers=[] selects no layer; leave it unset for the default middle layers")
+
+    def credit_params(self) -> CreditParams:
+        return CreditParams(
+            gamma_amp=self.credit_gamma_amp,
+            top_q=self.credit_top_q,
+            coupled_k=self.credit_coupled_k,
+            coupled_alpha=self.credit_coupled_alpha,
+        )
+
+
+def credit_config_from(args) -> CreditConfig:
+    """The credit fields of any config object (defaults for those it lacks, e.g. a plain trl.GRPOConfig)."""
+    names = CreditConfig.__dataclass_fields__
+    cfg = CreditConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+    cfg.validate_credit()
+    return cfg

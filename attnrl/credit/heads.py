@@ -1,0 +1,81 @@
+"""Layer choice and the local/global head split (METHODS.md §1.1)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from attnrl.kernels import AttentionStats
+
+
+def default_layers(num_layers: int, count: int = 5) -> list[int]:
+    """``count`` layers evenly spaced in [floor(L/3), floor(2L/3)] (METHODS.md §1.1), deduplicated, sorted."""
+    lo, hi = num_layers // 3, (2 * num_layers) // 3
+    if count == 1:
+        return [(lo + hi) // 2]
+    return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
+
+
+def head_mean_distances(stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> torch.Tensor:
+    """d^{l,h}: mean over all response tokens of the batch of sum_s A_{t,s}(t-s). Returns (n_layers, H).
+
+    stats: per layer, dist_sum of shape (B, H, T); response_mask: (B, T) bool over the same T.
+    """
+    m = response_mask.to(next(iter(stats.values())).dist_sum.dtype)
+    denom = m.sum().clamp(min=1.0)
+    return torch.stack([(s.dist_sum * m[:, None]).sum((0, 2)) / denom for _, s in sorted(stats.items())])
+
+
+@dataclass
+class HeadProfile:
+    """Which (layer, head) pairs are local and global. ``local``/``global_``: (n_layers, H) bool."""
+
+    layers: list[int]
+    local: torch.Tensor
+    global_: torch.Tensor
+    distances: torch.Tensor  # (n_layers, H) mean attention distance (tokens)
+
+    @classmethod
+    def from_distances(cls, layers: list[int], distances: torch.Tensor, fraction: float = 0.3) -> HeadProfile:
+        """Bottom ``fraction`` of heads by distance are local, top ``fraction`` global, pooled over layers."""
+        flat = distances.flatten()
+        n = max(1, math.floor(fraction * flat.numel() + 0.5))
+        order = torch.argsort(flat, stable=True)
+        local = torch.zeros_like(flat, dtype=torch.bool)
+        glob = torch.zeros_like(flat, dtype=torch.bool)
+        local[order[:n]] = True
+        glob[order[-n:]] = True
+        shape = distances.shape
+        return cls(list(layers), local.view(shape), glob.view(shape), distances.detach().cpu().float())
+
+    def save(self, path: str | Path) -> None:
+        data = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in asdict(self).items()}
+        Path(path).write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadProfile:
+        d = json.loads(Path(path).read_text())
+        return cls(d["layers"], torch.tensor(d["local"]), torch.tensor(d["global_"]), torch.tensor(d["distances"]))
+
+
+def _mean_over_heads(per_layer: list[torch.Tensor], heads: torch.Tensor) -> torch.Tensor:
+    """Mean over the selected (layer, head) pairs. per_layer: n_layers x (B, H, T); heads: (n_layers, H) bool."""
+    stacked = torch.stack(per_layer, 1)  # (B, L, H, T)
+    w = heads.to(stacked.device, stacked.dtype)[None, :, :, None]
+    return (stacked * w).sum((1, 2)) / w.sum().clamp(min=1.0)
+
+
+def token_waad(stats: dict[int, AttentionStats], profile: HeadProfile) -> torch.Tensor:
+    """WAAD_t with Ā^loc = plain mean of A over local heads (linear, so the mean of per-head WAAD). (B, T)."""
+    return _mean_over_heads([stats[layer].waad for layer in profile.layers], profile.local)
+
+
+def token_fai(stats: dict[int, AttentionStats], profile: HeadProfile) -> torch.Tensor:
+    """FAI_s = mean over T(s) of Ā^glob_{t,s}; NaN where T(s) is empty (such tokens are never anchors). (B, T)."""
+    total = _mean_over_heads([stats[layer].fai_sum for layer in profile.layers], profile.global_)
+    count = next(iter(stats.values())).fai_count.to(total.dtype)
+    return torch.where(count > 0, total / count.clamp(min=1.0), torch.full_like(total, float("nan")))

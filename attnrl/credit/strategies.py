@@ -1,0 +1,191 @@
+"""Token roles and advantage weights gamma_t, one small pure function per strategy (METHODS.md §1.3).
+
+Every strategy maps :class:`CreditInputs` (per-token statistics of a batch of responses) to gamma of shape
+(B, T): 1 for ordinary tokens, ``gamma_amp`` (or a split of the bonus) for amplified ones, and 1 on padding.
+Register new ones with :func:`register_strategy`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CreditParams:
+    """Strategy hyper-parameters. Defaults are the paper's where it gives them, otherwise ours (marked)."""
+
+    gamma_amp: float = 1.5  # paper
+    top_q: float = 0.4  # paper
+    coupled_k: int = 3  # paper: look-back window of the "introduction" of a dominated anchor
+    coupled_alpha: float = 0.5  # ours: share of a dominated anchor's bonus moved to its introducing token
+    # tau_waad / tau_delta: the paper gives no values; ours are the per-response medians (see coupled()).
+
+
+@dataclass
+class CreditInputs:
+    """Per-token inputs, all (B, T) over the response positions of a padded batch.
+
+    response_mask: bool, True on response tokens. waad: float. fai: float, NaN where undefined.
+    entropy: float or None (needed by ``entropy``). generator: RNG for ``random``.
+    """
+
+    response_mask: torch.Tensor
+    waad: torch.Tensor | None = None
+    fai: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+StrategyFn = Callable[[CreditInputs, CreditParams], torch.Tensor]
+STRATEGIES: dict[str, StrategyFn] = {}
+#: statistics each strategy reads, so callers can skip work ("attention" = WAAD/FAI, "entropy" = policy entropy)
+STRATEGY_NEEDS: dict[str, frozenset[str]] = {}
+
+
+def register_strategy(name: str, needs: tuple[str, ...] = ()) -> Callable[[StrategyFn], StrategyFn]:
+    def deco(fn: StrategyFn) -> StrategyFn:
+        STRATEGIES[name] = fn
+        STRATEGY_NEEDS[name] = frozenset(needs)
+        return fn
+
+    return deco
+
+
+def get_strategy(name: str) -> StrategyFn:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown credit strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def top_q_mask(scores: torch.Tensor, response_mask: torch.Tensor, q: float) -> torch.Tensor:
+    """TopQ: per row, the ceil(q * n) response positions with the largest score (n = response length).
+
+    NaN scores are never selected (so fewer may be chosen). Ties break toward earlier positions. (B, T) bool.
+    The rounding (ceil) is ours; the paper says "the top q fraction".
+    """
+    n = response_mask.sum(1)
+    k = torch.ceil(q * n.double() - 1e-9).long()  # (B,)
+    eligible = response_mask & ~torch.isnan(scores)
+    keyed = torch.where(eligible, scores.double(), torch.full_like(scores, -math.inf, dtype=torch.double))
+    order = torch.sort(keyed, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return eligible & (rank < k[:, None])
+
+
+def waad_jumps(waad: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Δ_t = |WAAD_t - WAAD_{t+1}| for t, t+1 both in the response; NaN elsewhere. (B, T)."""
+    nxt = torch.roll(waad, -1, dims=1)
+    nxt_ok = torch.roll(response_mask, -1, dims=1)
+    nxt_ok[:, -1] = False
+    delta = (waad - nxt).abs()
+    return torch.where(response_mask & nxt_ok, delta, torch.full_like(delta, float("nan")))
+
+
+def nan_median_per_row(x: torch.Tensor) -> torch.Tensor:
+    """Per-row median ignoring NaN (lower median), NaN for an all-NaN row. (B,) -> (B, 1)."""
+    return torch.nanmedian(x, dim=1, keepdim=True).values
+
+
+def _gamma_from_mask(mask: torch.Tensor, p: CreditParams) -> torch.Tensor:
+    return 1.0 + (p.gamma_amp - 1.0) * mask.float()
+
+
+# ---------------------------------------------------------------------------------------------------- strategies
+
+
+@register_strategy("uniform")
+def uniform(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Plain GRPO: gamma = 1 everywhere."""
+    return torch.ones(x.response_mask.shape, device=x.response_mask.device)
+
+
+@register_strategy("random")
+def random(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Ablation: TopQ of uniform random scores."""
+    scores = torch.rand(x.response_mask.shape, generator=x.generator, device="cpu").to(x.response_mask.device)
+    return _gamma_from_mask(top_q_mask(scores, x.response_mask, p.top_q), p)
+
+
+@register_strategy("entropy", needs=("entropy",))
+def entropy(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Ablation ("80/20 high-entropy tokens"): TopQ of the policy's token entropy."""
+    if x.entropy is None:
+        raise ValueError("strategy 'entropy' needs per-token entropies (CreditInputs.entropy)")
+    return _gamma_from_mask(top_q_mask(x.entropy, x.response_mask, p.top_q), p)
+
+
+@register_strategy("local_chunk", needs=("attention",))
+def local_chunk(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Preplan tokens: TopQ of the WAAD jump Δ_t = |WAAD_t - WAAD_{t+1}|."""
+    return _gamma_from_mask(top_q_mask(waad_jumps(x.waad, x.response_mask), x.response_mask, p.top_q), p)
+
+
+@register_strategy("global_anchor", needs=("attention",))
+def global_anchor(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Anchor tokens: TopQ of Future Attention Influence."""
+    return _gamma_from_mask(top_q_mask(x.fai, x.response_mask, p.top_q), p)
+
+
+def coupled_roles(x: CreditInputs, p: CreditParams) -> dict[str, torch.Tensor]:
+    """Roles of the coupled strategy, each (B, T) bool: anchors, dominated anchors D, introducers I(D).
+
+    An anchor t is locally dominated when WAAD_t <= tau_waad and max_{u in [t-k, t-1]} Δ_u >= tau_Δ; its
+    introducer is argmax_{u in [t-k, t-1]} Δ_u (earliest on ties). tau_waad, tau_Δ = per-response medians (ours).
+    """
+    mask = x.response_mask
+    anchors = top_q_mask(x.fai, mask, p.top_q)
+    delta = waad_jumps(x.waad, mask)
+    waad = torch.where(mask, x.waad, torch.full_like(x.waad, float("nan")))
+    tau_waad, tau_delta = nan_median_per_row(waad), nan_median_per_row(delta)
+
+    B, T = mask.shape
+    k = p.coupled_k
+    # look-back windows: lookback[:, t, j] = Δ_{t-k+j}, j = 0..k-1 (NaN before the sequence start)
+    padded = torch.cat([torch.full((B, k), float("nan"), device=delta.device), delta], 1)
+    lookback = padded.unfold(1, k, 1)[:, :T]  # (B, T, k)
+    filled = torch.nan_to_num(lookback, nan=-math.inf)
+    best_val, best_j = filled.max(-1)  # first max: earliest position on ties
+    has_prev = torch.isfinite(best_val)
+    dominated = anchors & has_prev & (waad <= tau_waad) & (best_val >= tau_delta)
+    intro_pos = torch.arange(T, device=mask.device)[None] - k + best_j  # (B, T)
+    introducers = torch.zeros_like(mask)
+    rows = torch.arange(B, device=mask.device)[:, None].expand(B, T)
+    introducers[rows[dominated], intro_pos[dominated]] = True
+    return {"anchors": anchors, "dominated": dominated, "introducers": introducers & mask}
+
+
+@register_strategy("coupled", needs=("attention",))
+def coupled(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """The paper's best: amplify anchors, moving part (alpha) of a dominated anchor's bonus to its introducer."""
+    r = coupled_roles(x, p)
+    bonus = p.gamma_amp - 1.0
+    a, d, i = r["anchors"].float(), r["dominated"].float(), r["introducers"].float()
+    return 1.0 + bonus * (a - d) + (1 - p.coupled_alpha) * bonus * d + p.coupled_alpha * bonus * i
+
+
+# ---------------------------------------------------------------------------------------------------- application
+
+
+def shape_advantages(
+    advantages: torch.Tensor, gamma: torch.Tensor, response_mask: torch.Tensor, sign_mode: str = "both"
+) -> torch.Tensor:
+    """Ã_t = gamma_t * A (METHODS.md §1.3). advantages: (B,) or (B, T); gamma, response_mask: (B, T).
+
+    sign_mode "both" (paper v2) shapes every advantage; "nonnegative" (v1) leaves negative advantages as they are.
+    Padding positions get gamma 1. Returns (B, T), detached from gamma.
+    """
+    if sign_mode not in ("both", "nonnegative"):
+        raise ValueError(f"sign_mode must be 'both' or 'nonnegative', got {sign_mode!r}")
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
+    g = torch.where(response_mask, gamma.detach().to(adv.dtype), torch.ones_like(gamma, dtype=adv.dtype))
+    if sign_mode == "nonnegative":
+        g = torch.where(adv >= 0, g, torch.ones_like(g))
+    return adv * g

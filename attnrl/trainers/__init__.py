@@ -1,0 +1,3 @@
+from .grpo import AttnGRPOConfig, AttnGRPOTrainer
+
+__all__ = ["AttnGRPOConfig", "AttnGRPOTrainer"]
