@@ -22,6 +22,7 @@ class CreditResult:
     waad: torch.Tensor | None = None
     fai: torch.Tensor | None = None
     roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    profile: HeadProfile | None = None  # the local/global head split used for this batch
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -134,7 +135,7 @@ class CreditAssigner:
             mask = torch.cat([prompt_mask, completion_mask], 1)
             stats = self.collect_statistics(model, ids, mask, Tp, batch_size, **forward_kwargs)
             full_response = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response], 1)
-            profile = self.head_profile(stats, full_response)
+            profile = result.profile = self.head_profile(stats, full_response)
             inputs.waad = token_waad(stats, profile)[:, Tp:].to(response.device)
             inputs.fai = token_fai(stats, profile)[:, Tp:].to(response.device)
             result.waad, result.fai = inputs.waad, inputs.fai

@@ -9,6 +9,7 @@ loss accepts as they are (trl >= 1.16).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ class AttnGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         completion_mask = output["completion_mask"]
+        start = time.perf_counter()
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             entropy = self._rollout_entropy(output, batch_size) if "entropy" in self.credit.needs else None
             result = self.credit.assign(
@@ -64,6 +66,7 @@ class AttnGRPOTrainer(GRPOTrainer):
         output["advantages"] = shape_advantages(
             output["advantages"], result.gamma, completion_mask.bool(), self.credit_config.credit_sign_mode
         )
+        result.metrics["credit/seconds"] = time.perf_counter() - start
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(value)
         self.last_credit = result

@@ -1,0 +1,1 @@
+"""End-to-end jobs used by the example scripts, the ``attnrl`` command and the Ray launcher."""

@@ -1,0 +1,149 @@
+"""Figures and pages people would rather see than read: reward curves and the attention rhythm of a response."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnrl.credit.assigner import CreditAssigner
+from attnrl.credit.config import CreditConfig
+from attnrl.credit.strategies import CreditInputs, coupled_roles, top_q_mask, waad_jumps
+
+
+@dataclass
+class RhythmAnalysis:
+    """Attention rhythm of one response. All lists have one entry per response token."""
+
+    tokens: list[str]
+    waad: list[float]
+    fai: list[float]  # NaN where undefined (end of the response)
+    gamma: list[float]
+    preplan: list[bool]  # TopQ of the WAAD jump (local-chunk boundaries)
+    anchor: list[bool]  # TopQ of FAI
+    introducer: list[bool]  # coupled: tokens that introduce a locally dominated anchor
+    head_distances: list[list[float]]  # (n_layers, H) mean attention distance per head
+    layers: list[int]
+
+
+@torch.no_grad()
+def analyze_response(model, tokenizer, prompt: list[dict], completion: str, config: CreditConfig) -> RhythmAnalysis:
+    """WAAD/FAI curves and token roles of ``completion`` answering ``prompt`` under ``model`` (one forward)."""
+    assigner = CreditAssigner(config, model)
+    if not assigner.layers:
+        raise ValueError(f"credit_strategy={config.credit_strategy!r} uses no attention; analyse with 'coupled'")
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    dev = next(model.parameters()).device
+    p_ids = tokenizer(prompt_text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(dev)
+    c_ids = tokenizer(completion, return_tensors="pt", add_special_tokens=False)["input_ids"].to(dev)
+    if c_ids.shape[1] == 0:
+        raise ValueError("the completion is empty: nothing to analyse")
+    result = assigner.assign(model, p_ids, torch.ones_like(p_ids), c_ids, torch.ones_like(c_ids))
+    mask = torch.ones_like(c_ids, dtype=torch.bool)
+    preplan = top_q_mask(waad_jumps(result.waad, mask), mask, config.credit_top_q)
+    roles = coupled_roles(CreditInputs(mask, waad=result.waad, fai=result.fai), config.credit_params())
+    return RhythmAnalysis(
+        tokens=[tokenizer.decode([t]) for t in c_ids[0].tolist()],
+        waad=result.waad[0].tolist(),
+        fai=result.fai[0].tolist(),
+        gamma=result.gamma[0].tolist(),
+        preplan=preplan[0].tolist(),
+        anchor=roles["anchors"][0].tolist(),
+        introducer=roles["introducers"][0].tolist(),
+        head_distances=result.profile.distances.tolist(),
+        layers=list(assigner.layers),
+    )
+
+
+ROLE_COLOURS = {"anchor": "#f4a261", "preplan": "#8ecae6", "introducer": "#b5e48c", "both": "#e76f51"}
+
+
+def token_role(a: RhythmAnalysis, i: int) -> str | None:
+    if a.anchor[i] and a.preplan[i]:
+        return "both"
+    if a.anchor[i]:
+        return "anchor"
+    if a.introducer[i]:
+        return "introducer"
+    if a.preplan[i]:
+        return "preplan"
+    return None
+
+
+def rhythm_html(a: RhythmAnalysis, title: str = "attention rhythm") -> str:
+    """A self-contained HTML page: the response with tokens coloured by role, gamma in the tooltip."""
+    spans = []
+    for i, tok in enumerate(a.tokens):
+        role = token_role(a, i)
+        style = f' style="background:{ROLE_COLOURS[role]}"' if role else ""
+        tip = f"role={role or '-'} gamma={a.gamma[i]:.2f} WAAD={a.waad[i]:.2f} FAI={a.fai[i]:.4f}"
+        spans.append(f'<span class="tok" data-role="{role or ""}" title="{html.escape(tip)}"{style}>'
+                     f"{html.escape(tok).replace(chr(10), '&#8629;<br>')}</span>")
+    legend = " ".join(f'<span class="tok" style="background:{c}">{n}</span>' for n, c in ROLE_COLOURS.items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+        "body{font-family:sans-serif;max-width:900px;margin:2em auto}"
+        ".tok{font-family:monospace;white-space:pre-wrap;border-radius:3px;padding:1px 0}"
+        "</style></head><body><h2>" + html.escape(title) + "</h2><p>Legend: " + legend + "</p><p>"
+        + "".join(spans) + "</p></body></html>"
+    )
+
+
+def plot_rhythm(a: RhythmAnalysis, path: str | Path, title: str = "attention rhythm") -> None:
+    """PNG: WAAD and FAI over response tokens with preplan/anchor tokens marked, plus the tokens coloured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(a.tokens)
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, n * 0.35), 8), gridspec_kw={"height_ratios": [2, 2, 1.2]})
+    x = list(range(n))
+    axes[0].plot(x, a.waad, color="#219ebc", marker=".")
+    axes[0].scatter([i for i in x if a.preplan[i]], [a.waad[i] for i in x if a.preplan[i]], color="#023047",
+                    zorder=3, label="preplan (top-q WAAD jump)")
+    axes[0].set_ylabel("WAAD")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].plot(x, a.fai, color="#fb8500", marker=".")
+    axes[1].scatter([i for i in x if a.anchor[i]], [a.fai[i] for i in x if a.anchor[i]], color="#9d0208", zorder=3,
+                    label="anchor (top-q FAI)")
+    axes[1].set_ylabel("FAI")
+    axes[1].legend(loc="upper right", fontsize=8)
+    ax = axes[2]
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    for i, tok in enumerate(a.tokens):
+        role = token_role(a, i)
+        ax.text(i, 0.5, tok.replace("\n", "\\n") or " ", ha="center", va="center", rotation=90, fontsize=8,
+                family="monospace", bbox={"facecolor": ROLE_COLOURS.get(role, "white"), "edgecolor": "none"})
+    for axis in axes[:2]:
+        axis.set_xlim(-0.5, n - 0.5)
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reward_curve(log_history: list[dict], path: str | Path, keys: tuple[str, ...] = ("reward",)) -> None:
+    """PNG of logged reward(s) against the training step (from ``trainer.state.log_history``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        pts = [(e["step"], e[key]) for e in log_history if key in e]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""Every strategy's formula on hand-made cases (METHODS.md §1.3), head split and layer choice (§1.1)."""
+
+import math
+
+import pytest
+import torch
+
+from attnrl.credit import (
+    STRATEGIES,
+    CreditInputs,
+    CreditParams,
+    HeadProfile,
+    coupled_roles,
+    default_layers,
+    get_strategy,
+    head_mean_distances,
+    shape_advantages,
+    token_fai,
+    token_waad,
+    top_q_mask,
+    waad_jumps,
+)
+from attnrl.kernels import AttentionStats
+
+NAN = float("nan")
+P = CreditParams()  # gamma_amp 1.5, q 0.4, k 3, alpha 0.5
+
+
+def test_default_layers_follow_the_paper():
+    assert default_layers(30) == [10, 12, 15, 18, 20]  # SmolLM2-135M
+    assert default_layers(36) == [12, 15, 18, 21, 24]  # Qwen3-4B
+    assert default_layers(4) == [1, 2]  # tiny models: duplicates removed
+    assert default_layers(30, count=1) == [15]
+
+
+def test_top_q_selects_ceil_q_n_largest_ignoring_nan_and_padding():
+    scores = torch.tensor([[0.1, 0.9, 0.5, NAN, 0.7], [5.0, 1.0, 2.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    sel = top_q_mask(scores, mask, 0.4)  # row 0: ceil(2.0) = 2; row 1: ceil(1.2) = 2
+    assert sel.tolist() == [[False, True, False, False, True], [True, False, True, False, False]]
+    assert top_q_mask(scores, mask, 1.0).sum().item() == 4 + 3  # NaN never selected
+    assert top_q_mask(torch.tensor([[3.0]]), torch.tensor([[True]]), 0.4).tolist() == [[True]]  # length 1
+
+
+def test_waad_jumps():
+    waad = torch.tensor([[1.0, 4.0, 2.0, 2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.bool)
+    d = waad_jumps(waad, mask)
+    assert d[0, :3].tolist() == [3.0, 2.0, 0.0] and math.isnan(d[0, 3]) and math.isnan(d[0, 4])
+
+
+def test_uniform_random_entropy():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    x = CreditInputs(mask, entropy=torch.tensor([[0.1, 2.0, 0.3, 1.5, 0.2, 9.0]]), generator=torch.Generator().manual_seed(0))
+    assert torch.all(get_strategy("uniform")(x, P) == 1)
+    assert get_strategy("entropy")(x, P).tolist() == [[1, 1.5, 1, 1.5, 1, 1]]
+    r = get_strategy("random")(x, P)
+    assert (r[0, :5] == 1.5).sum() == 2 and r[0, 5] == 1
+    with pytest.raises(ValueError, match="entropies"):
+        get_strategy("entropy")(CreditInputs(mask), P)
+
+
+def test_local_chunk_amplifies_largest_waad_jumps():
+    waad = torch.tensor([[1.0, 1.0, 6.0, 6.0, 2.0, 2.0]])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    # Δ = [0, 5, 0, 4, 0, NaN]; ceil(0.4*6) = 3 -> positions 1, 3 and the earliest 0-jump (0)
+    g = get_strategy("local_chunk")(CreditInputs(mask, waad=waad), P)
+    assert g.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+
+
+def test_global_anchor_amplifies_highest_fai_never_undefined():
+    fai = torch.tensor([[0.2, 0.9, 0.1, 0.8, NAN, NAN]])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    g = get_strategy("global_anchor")(CreditInputs(mask, fai=fai), P)
+    assert g.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+
+
+def test_coupled_moves_alpha_of_a_dominated_anchor_to_its_introducer():
+    # 10 tokens, q = 0.4 -> 4 anchors by FAI: positions 2, 5, 7, 8
+    fai = torch.tensor([[0.0, 0.1, 0.9, 0.2, 0.1, 0.8, 0.0, 0.7, 0.6, NAN]])
+    waad = torch.tensor([[1.0, 1.0, 6.0, 6.0, 1.0, 2.0, 8.0, 8.0, 8.0, 8.0]])
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    x = CreditInputs(mask, waad=waad, fai=fai)
+    # Δ = [0, 5, 0, 5, 1, 6, 0, 0, 0, NaN]; tau_waad = lower median of waad = 6; tau_Δ = median(Δ) = 0
+    roles = coupled_roles(x, P)
+    assert roles["anchors"][0].nonzero().flatten().tolist() == [2, 5, 7, 8]
+    # anchor 2: waad 6 <= 6, max Δ over [-1..1] = 5 >= 0 -> dominated, introducer argmax = 1
+    # anchor 5: waad 2 <= 6, Δ over [2..4] = (0, 5, 1) -> dominated, introducer 3
+    # anchors 7, 8: waad 8 > 6 -> not dominated
+    assert roles["dominated"][0].nonzero().flatten().tolist() == [2, 5]
+    assert roles["introducers"][0].nonzero().flatten().tolist() == [1, 3]
+    g = get_strategy("coupled")(x, P)
+    want = [1, 1.25, 1.25, 1.25, 1, 1.25, 1, 1.5, 1.5, 1]
+    torch.testing.assert_close(g[0], torch.tensor(want))
+
+
+def test_coupled_with_alpha_zero_is_global_anchor():
+    torch.manual_seed(0)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    x = CreditInputs(mask, waad=torch.rand(2, 12) * 5, fai=torch.rand(2, 12))
+    g = get_strategy("coupled")(x, CreditParams(coupled_alpha=0.0))
+    torch.testing.assert_close(g, get_strategy("global_anchor")(x, P))
+
+
+def test_every_strategy_keeps_padding_at_one_and_bounds():
+    torch.manual_seed(1)
+    mask = torch.tensor([[1] * 8 + [0] * 4, [1] * 1 + [0] * 11], dtype=torch.bool)
+    x = CreditInputs(mask, waad=torch.rand(2, 12), fai=torch.rand(2, 12), entropy=torch.rand(2, 12),
+                     generator=torch.Generator().manual_seed(0))
+    for name in STRATEGIES:
+        g = get_strategy(name)(x, P)
+        assert g.shape == (2, 12), name
+        assert torch.all(g[~mask] == 1), name
+        assert torch.all((g >= 1) & (g <= 1 + 2 * (P.gamma_amp - 1))), name
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match="unknown credit strategy 'cupled'.*coupled"):
+        get_strategy("cupled")
+
+
+def test_shape_advantages_sign_modes():
+    adv = torch.tensor([1.0, -2.0])
+    gamma = torch.tensor([[1.5, 1.0, 1.5], [1.5, 1.5, 1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    assert shape_advantages(adv, gamma, mask).tolist() == [[1.5, 1.0, 1.0], [-3.0, -3.0, -2.0]]
+    assert shape_advantages(adv, gamma, mask, "nonnegative").tolist() == [[1.5, 1.0, 1.0], [-2.0, -2.0, -2.0]]
+    with pytest.raises(ValueError, match="sign_mode"):
+        shape_advantages(adv, gamma, mask, "positive")
+
+
+def _stats(dist, waad, fai_sum, fai_count):
+    z = torch.zeros_like(dist)
+    return AttentionStats(z, dist, waad, fai_sum, fai_count)
+
+
+def test_head_split_and_token_metrics_average_the_right_heads():
+    # 2 layers x 5 heads, B=1, T=4 (response = last 3 tokens)
+    dist = torch.arange(10, dtype=torch.float32).view(2, 5)  # head mean distance = its index
+    response = torch.tensor([[False, True, True, True]])
+    stats = {}
+    for li, layer in enumerate((3, 6)):
+        d = dist[li][None, :, None].expand(1, 5, 4).clone()
+        waad = torch.full((1, 5, 4), 100.0)
+        waad[0, :, :] = dist[li][:, None]  # per-head WAAD = head index
+        fai_sum = (dist[li][None, :, None] * 2).expand(1, 5, 4).clone()
+        stats[layer] = _stats(d, waad, fai_sum, torch.tensor([[2, 2, 1, 0]]))
+    torch.testing.assert_close(head_mean_distances(stats, response), dist)
+    profile = HeadProfile.from_distances([3, 6], head_mean_distances(stats, response), fraction=0.3)
+    assert profile.local.flatten().nonzero().flatten().tolist() == [0, 1, 2]
+    assert profile.global_.flatten().nonzero().flatten().tolist() == [7, 8, 9]
+    torch.testing.assert_close(token_waad(stats, profile), torch.full((1, 4), 1.0))  # mean of 0, 1, 2
+    fai = token_fai(stats, profile)  # mean of 2*(7, 8, 9) = 16, divided by the count
+    assert fai[0, :3].tolist() == [8.0, 8.0, 16.0] and math.isnan(fai[0, 3])
+
+
+def test_head_profile_round_trip(tmp_path):
+    p = HeadProfile.from_distances([1, 2], torch.rand(2, 4))
+    p.save(tmp_path / "p.json")
+    q = HeadProfile.load(tmp_path / "p.json")
+    assert q.layers == [1, 2] and torch.equal(q.local, p.local) and torch.equal(q.global_, p.global_)

@@ -1,0 +1,178 @@
+"""AttnGRPOTrainer on tiny models: drop-in for trl.GRPOTrainer, every loss type, peft, accumulation, errors."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from attnrl import AttnGRPOConfig, AttnGRPOTrainer
+from attnrl.attention.capture import CaptureError
+from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def _dataset(n=8):
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"add {i} and 1"}]} for i in range(n)])
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(c[0]["content"]) % 5) for c in completions]
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=12,
+        max_steps=1, bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+        credit_fai_lo=1, credit_fai_hi=6, credit_window=3, seed=0,
+    )
+    base.update(kw)
+    return AttnGRPOConfig(**base)
+
+
+def _trainer(tmp_path, model=None, **kw):
+    peft_config = kw.pop("peft_config", None)
+    return AttnGRPOTrainer(
+        model=model or tiny_causal_lm("llama"), reward_funcs=length_reward, args=_args(tmp_path, **kw),
+        train_dataset=_dataset(), processing_class=tiny_tokenizer(), peft_config=peft_config,
+    )
+
+
+def test_advantages_become_token_level_and_weights_are_logged(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.train()
+    credit = trainer.last_credit
+    assert credit.gamma.shape == (4, 12) and credit.gamma.max() > 1.0
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    for key in ("credit/amplified_frac", "credit/gamma_mean", "credit/waad_mean", "credit/fai_mean"):
+        assert key in logged
+    amplified = [e["credit/amplified_frac"] for e in trainer.state.log_history if "credit/amplified_frac" in e]
+    assert 0.0 < amplified[0] <= 1.0
+
+
+def test_generate_and_score_returns_gamma_times_group_advantage(tmp_path):
+    trainer = _trainer(tmp_path)
+    batch = [{"prompt": [{"role": "user", "content": "add 3 and 1"}]}] * 4
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    gamma, mask = trainer.last_credit.gamma, out["completion_mask"].bool()
+    assert out["advantages"].shape == out["completion_ids"].shape
+    # each row is one group advantage A_i times gamma_t on response tokens, A_i on padding
+    ratio = out["advantages"] / out["advantages"][:, :1] * gamma[:, :1]
+    nz = out["advantages"][:, 0] != 0
+    torch.testing.assert_close(ratio[nz][mask[nz]], gamma[nz][mask[nz]])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])
+def test_every_trl_loss_type_trains(tmp_path, loss_type):
+    kw = {"importance_sampling_level": "sequence"} if loss_type == "luspo" else {}
+    trainer = _trainer(tmp_path, loss_type=loss_type, **kw)
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+
+
+def test_peft_lora_grad_accumulation_and_multiple_iterations(tmp_path):
+    trainer = _trainer(
+        tmp_path, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2, num_iterations=2,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        credit_head_profile="cached",
+    )
+    lora_before = {n: p.clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and not torch.equal(p, lora_before[n])]
+    assert changed, "LoRA weights did not move"
+    assert trainer.credit.profile is not None  # cached after the first batch
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "random", "entropy", "local_chunk", "global_anchor"])
+def test_other_strategies_train(tmp_path, strategy):
+    trainer = _trainer(tmp_path, credit_strategy=strategy)
+    trainer.train()
+    g = trainer.last_credit.gamma
+    assert (g == 1).all() if strategy == "uniform" else (g > 1).any()
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("credit_strategy", "cupled", "credit_strategy='cupled' is unknown"),
+        ("credit_top_q", 0.0, r"credit_top_q=0.0 must lie in \(0, 1\]"),
+        ("credit_top_q", 1.5, "credit_top_q"),
+        ("credit_sign_mode", "pos", "credit_sign_mode"),
+        ("credit_fai_hi", 0, "credit_fai_lo"),
+    ],
+)
+def test_bad_config_fails_at_construction(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        _args(tmp_path, **{field: value})
+
+
+def test_layers_out_of_range_fail_at_trainer_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"credit_layers=\[1, 9\].*0\.\.3"):
+        _trainer(tmp_path, credit_layers=[1, 9])
+
+
+def test_uncapturable_model_fails_at_construction(tmp_path):
+    model = tiny_causal_lm("llama")
+    # a model whose layer 1 bypasses AttentionInterface (as hand-written attention code would)
+    attn = model.model.layers[1].self_attn
+    orig = attn.forward
+
+    def custom_forward(hidden_states, *args, **kwargs):  # e.g. a hand-written attention kernel
+        attn.config._attn_implementation = "sdpa"
+        try:
+            return orig(hidden_states, *args, **kwargs)
+        finally:
+            attn.config._attn_implementation = "attnrl_sdpa"
+
+    attn.forward = custom_forward
+    with pytest.raises(CaptureError, match="credit_strategy='coupled'.*layers \\[1\\]"):
+        _trainer(tmp_path, model=model, credit_layers=[1, 2])
+
+
+TRL_DOCS_STYLE_SCRIPT = """
+# Written the way TRL's documentation writes a GRPO script; only the import line differs between the runs.
+from datasets import load_dataset
+{import_line}
+
+dataset = load_dataset("json", data_files="{data}", split="train")
+
+# Dummy reward function: count the number of unique characters in the completions
+def reward_num_unique_chars(completions, **kwargs):
+    return [len(set(c[0]["content"])) for c in completions]
+
+training_args = GRPOConfig(output_dir="{out}", max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                           max_completion_length=8, report_to="none", use_cpu=True, bf16=False)
+trainer = GRPOTrainer(
+    model="{model}",
+    reward_funcs=reward_num_unique_chars,
+    args=training_args,
+    train_dataset=dataset,
+)
+trainer.train()
+print("TRAINED", type(trainer).__name__, trainer.state.global_step)
+"""
+
+
+@pytest.mark.parametrize(
+    "import_line",
+    ["from trl import GRPOConfig, GRPOTrainer",
+     "from trl import GRPOConfig\nfrom attnrl import AttnGRPOTrainer as GRPOTrainer"],
+)
+def test_drop_in_for_a_trl_documentation_script(tmp_path, import_line):
+    model_dir = tmp_path / "model"
+    tiny_causal_lm("qwen2").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join('{"prompt": [{"role": "user", "content": "say %d"}]}' % i for i in range(8)))
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(TRL_DOCS_STYLE_SCRIPT.format(
+        import_line=import_line, data=data, out=tmp_path / "out", model=model_dir)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = "AttnGRPOTrainer" if "attnrl" in import_line else "GRPOTrainer"
+    assert f"TRAINED {expected} 2" in proc.stdout
