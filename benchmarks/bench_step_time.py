@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
+from attnrl.rewards import TASKS, make_dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from attnrl.models import load_model_and_tokenizer
-from attnrl.rewards import TASKS, make_dataset
 from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 
 RESULTS = Path(__file__).parent / "results"

@@ -52,7 +52,7 @@ class AttentionStats:
     """
 
     lse: torch.Tensor
-    dist_sum: torch.Tensor
+    dist_sum: torch.Tensor | None  # None from the Triton band pass, which skips it
     waad: torch.Tensor
     fai_sum: torch.Tensor
     fai_count: torch.Tensor

@@ -41,6 +41,8 @@ _LN2 = tl.constexpr(math.log(2.0))
 
 
 # ----------------------------------------------------------------------------------------------- device code
+# Triton argument lists stay compact (not reformatted); the host code below is formatted as usual.
+# fmt: off
 @triton.jit
 def _load_tile(base, offs_rows, offs_d, stride_t, stride_d, n_rows, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
@@ -72,7 +74,8 @@ def _dot_t(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 def _row_block(q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, offs_m, i0, seq_start, seq_end,
                T, stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, N_MASKS: tl.constexpr,
-               M_PAD: tl.constexpr, MASKED: tl.constexpr, WITH_DIST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+               M_PAD: tl.constexpr, MASKED: tl.constexpr, WITH_DIST: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr):
     """Online-softmax update of the row accumulators with keys [start_n, start_n + BLOCK_N) (log2 units).
 
     MASKED=False is only legal for blocks whose keys are all valid for every row and at least W below the
@@ -287,6 +290,9 @@ def _fai_column_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, resp_start_ptr,
     tl.store(fai_ptr + pid_bh.to(tl.int64) * T + offs_n, tl.where(col_ok, acc, 0.0), mask=offs_n < T)
 
 
+# fmt: on
+
+
 # ------------------------------------------------------------------------------------------------- host code
 @dataclass(frozen=True)
 class Tiles:
@@ -356,13 +362,28 @@ def _launch_rows(problem: _Problem, window: int, lse, waad, dist_sum=None, key_m
     masks = waad if key_masks is None else key_masks.to(device=waad.device, dtype=torch.float32).contiguous()
     mask_strides = (0, 0, 0) if key_masks is None else masks.stride()
     _row_stats_kernel[problem.grid(tiles.block_m)](
-        problem.q, problem.k, problem.seq_start, problem.seq_end, masks, lse, waad,
-        waad if dist_sum is None else dist_sum, waad if span_mass is None else span_mass,
-        *problem.strides(), *mask_strides, *problem.dims(),
-        problem.qk_scale, window,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, N_MASKS=n_masks,
-        M_PAD=max(1, triton.next_power_of_2(n_masks)), WITH_DIST=dist_sum is not None,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **problem.meta(),
+        problem.q,
+        problem.k,
+        problem.seq_start,
+        problem.seq_end,
+        masks,
+        lse,
+        waad,
+        waad if dist_sum is None else dist_sum,
+        waad if span_mass is None else span_mass,
+        *problem.strides(),
+        *mask_strides,
+        *problem.dims(),
+        problem.qk_scale,
+        window,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        N_MASKS=n_masks,
+        M_PAD=max(1, triton.next_power_of_2(n_masks)),
+        WITH_DIST=dist_sum is not None,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+        **problem.meta(),
     )
 
 
@@ -370,10 +391,21 @@ def _launch_band_waad(problem: _Problem, window: int, lse, waad):
     """Band WAAD from a given natural-log lse (B, H, T): fills waad (B, H, T)."""
     tiles = problem.tiles("band")
     _band_waad_kernel[problem.grid(tiles.block_m)](
-        problem.q, problem.k, problem.seq_start, problem.seq_end, lse, waad,
-        *problem.strides(), *problem.dims(), problem.qk_scale, window,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **problem.meta(),
+        problem.q,
+        problem.k,
+        problem.seq_start,
+        problem.seq_end,
+        lse,
+        waad,
+        *problem.strides(),
+        *problem.dims(),
+        problem.qk_scale,
+        window,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+        **problem.meta(),
     )
 
 
@@ -382,10 +414,23 @@ def _launch_fai(problem: _Problem, resp_start, spec: StatsSpec, lse, fai_sum):
     tiles = problem.tiles("cols")
     T = problem.q.shape[2]
     _fai_column_kernel[problem.grid(tiles.block_n)](
-        problem.q, problem.k, problem.seq_start, problem.seq_end, resp_start, lse, fai_sum,
-        *problem.strides(), *problem.dims(), problem.qk_scale, spec.fai_lo, T if spec.fai_hi is None else spec.fai_hi,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **problem.meta(),
+        problem.q,
+        problem.k,
+        problem.seq_start,
+        problem.seq_end,
+        resp_start,
+        lse,
+        fai_sum,
+        *problem.strides(),
+        *problem.dims(),
+        problem.qk_scale,
+        spec.fai_lo,
+        T if spec.fai_hi is None else spec.fai_hi,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+        **problem.meta(),
     )
 
 
@@ -402,7 +447,7 @@ def attention_statistics_triton(
     seq_start: torch.Tensor,
     seq_end: torch.Tensor,
     resp_start: torch.Tensor,
-    spec: StatsSpec = StatsSpec(),
+    spec: StatsSpec = StatsSpec(),  # frozen dataclass: immutable
     *,
     scale: float | None = None,
     key_masks: torch.Tensor | None = None,

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from attnrl.kernels import StatsSpec
 
 from attnrl.attention.capture import CaptureError, capture_statistics, enable_capture, sequence_spans
-from attnrl.kernels import StatsSpec
 from attnrl.utils.tiny import tiny_causal_lm
 
 SPEC = StatsSpec(window=3, fai_lo=2, fai_hi=7)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from attnrl.kernels import AttentionStats
 
 from attnrl.credit import (
     STRATEGIES,
@@ -20,7 +21,6 @@ from attnrl.credit import (
     top_q_mask,
     waad_jumps,
 )
-from attnrl.kernels import AttentionStats
 
 NAN = float("nan")
 P = CreditParams()  # gamma_amp 1.5, q 0.4, k 3, alpha 0.5

@@ -1,5 +1,6 @@
 """AttnGRPOTrainer on tiny models: drop-in for trl.GRPOTrainer, every loss type, peft, accumulation, errors."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -168,7 +169,7 @@ def test_drop_in_for_a_trl_documentation_script(tmp_path, import_line):
     tiny_causal_lm("qwen2").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join('{"prompt": [{"role": "user", "content": "say %d"}]}' % i for i in range(8)))
+    data.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": f"say {i}"}]}) for i in range(8)))
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(TRL_DOCS_STYLE_SCRIPT.format(
         import_line=import_line, data=data, out=tmp_path / "out", model=model_dir)))

@@ -1,17 +1,17 @@
 """Triton attention-statistics kernels against the chunked PyTorch reference (interpreter mode on CPU)."""
+# ruff: noqa: E402  (TRITON_INTERPRET must be set before the first triton import)
 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated: before any triton import
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from attnrl.kernels import attention_statistics  # noqa: E402
-from attnrl.kernels.reference import StatsSpec, attention_statistics_torch  # noqa: E402
-from attnrl.kernels.triton_stats import INTERPRETED, attention_statistics_triton  # noqa: E402
+import pytest
+import torch
+from attnrl.kernels import attention_statistics, triton_stats
+from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
+from attnrl.kernels.triton_stats import INTERPRETED, Tiles, attention_statistics_triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 pytestmark = pytest.mark.skipif(
@@ -118,6 +118,21 @@ def test_long_sequence_many_tiles():
     assert_matches_reference(*inputs, StatsSpec(window=10, fai_lo=10, fai_hi=100))
 
 
+TILE_SHAPES = {
+    "gpu_like": {"rows": Tiles(128, 64), "cols": Tiles(64, 128), "band": Tiles(64, 64)},
+    "rows_narrower_than_keys": {"rows": Tiles(16, 32), "cols": Tiles(32, 16), "band": Tiles(32, 16)},
+}
+
+
+@pytest.mark.parametrize("name", TILE_SHAPES, ids=list(TILE_SHAPES))
+@pytest.mark.parametrize("band", [False, True], ids=["full", "band"])
+def test_tile_shapes(monkeypatch, name, band):
+    """The loop bounds (masked / unmasked tile ranges) must not depend on square 16 x 16 tiles."""
+    monkeypatch.setattr(triton_stats, "choose_tiles", lambda kernel, *_: TILE_SHAPES[name][kernel])
+    inputs = make_inputs([(37, 150, 60), (0, 131, 100), (70, 70, 70)], 150, H=2, Hkv=1, sharpness=3.0)
+    assert_matches_reference(*inputs, StatsSpec(window=10, fai_lo=10, fai_hi=40), band=band)
+
+
 @pytest.mark.parametrize("masks", ["bool3", "float1"])
 def test_span_masks(masks):
     q, k, seq_start, seq_end, resp_start = make_inputs([(2, 50, 30), (0, 41, 20)], 50)
@@ -132,11 +147,14 @@ def test_span_masks_partition_the_row():
     q, k, seq_start, seq_end, resp_start = make_inputs([(3, 30, 10)], 30)
     first = torch.zeros(1, 1, 30, dtype=torch.bool)
     first[..., :12] = True
-    out = attention_statistics_triton(q, k, seq_start, seq_end, resp_start, key_masks=torch.cat([first, ~first], 1))
-    torch.testing.assert_close(out.span_mass[0, :, 3:30].sum(-1), torch.ones(4, 27))
+    key_masks = torch.cat([first, ~first], 1).to(DEVICE)
+    out = attention_statistics_triton(q, k, seq_start, seq_end, resp_start, key_masks=key_masks)
+    torch.testing.assert_close(out.span_mass[0, :, 3:30].sum(-1), torch.ones(4, 27, device=DEVICE))
 
 
-@pytest.mark.parametrize("spec", [StatsSpec(10, 10, 100), StatsSpec(1, 0, 0), StatsSpec(20, 3, 9), StatsSpec(4, 2, None)])
+@pytest.mark.parametrize(
+    "spec", [StatsSpec(10, 10, 100), StatsSpec(1, 0, 0), StatsSpec(20, 3, 9), StatsSpec(4, 2, None)]
+)
 @pytest.mark.parametrize("given_lse", [False, True], ids=["own_lse", "given_lse"])
 def test_band_mode(spec, given_lse):
     q, k, seq_start, seq_end, resp_start = make_inputs([(5, 64, 20), (0, 47, 8)], 64, sharpness=2.0)
@@ -165,8 +183,9 @@ def test_strided_inputs_from_a_model_layout():
     q_view, k_view = q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
     assert not q_view.is_contiguous()
     out = assert_matches_reference(q_view, k_view, seq_start, seq_end, resp_start, StatsSpec(5, 2, 15))
-    torch.testing.assert_close(out.waad, attention_statistics_triton(q, k, seq_start, seq_end, resp_start,
-                                                                     StatsSpec(5, 2, 15)).waad)
+    torch.testing.assert_close(
+        out.waad, attention_statistics_triton(q, k, seq_start, seq_end, resp_start, StatsSpec(5, 2, 15)).waad
+    )
 
 
 def test_explicit_scale_and_mixed_dtypes():
