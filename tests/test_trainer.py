@@ -53,17 +53,51 @@ def test_advantages_become_token_level_and_weights_are_logged(tmp_path):
     assert 0.0 < amplified[0] <= 1.0
 
 
-def test_generate_and_score_returns_gamma_times_group_advantage(tmp_path):
-    trainer = _trainer(tmp_path)
+def _rollout(trainer):
     batch = [{"prompt": [{"role": "user", "content": "add 3 and 1"}]}] * 4
     torch.manual_seed(0)
-    out = trainer._generate_and_score_completions(batch)
-    gamma, mask = trainer.last_credit.gamma, out["completion_mask"].bool()
+    return trainer._generate_and_score_completions(batch)
+
+
+def _assert_gamma_times_group_advantage(advantages, group_adv, gamma, mask):
+    """Each row is its group advantage A_i times gamma_t on response tokens, A_i on padding."""
+    want = group_adv[:, None] * torch.where(mask, gamma, torch.ones_like(gamma))
+    torch.testing.assert_close(advantages, want)
+
+
+def test_separate_pass_returns_gamma_times_group_advantage(tmp_path):
+    trainer = _trainer(tmp_path, credit_stats_pass="separate")
+    trainer.credit.generator.manual_seed(0)
+    out = _rollout(trainer)
     assert out["advantages"].shape == out["completion_ids"].shape
-    # each row is one group advantage A_i times gamma_t on response tokens, A_i on padding
-    ratio = out["advantages"] / out["advantages"][:, :1] * gamma[:, :1]
-    nz = out["advantages"][:, 0] != 0
-    torch.testing.assert_close(ratio[nz][mask[nz]], gamma[nz][mask[nz]])
+    gamma, mask = trainer.last_credit.gamma, out["completion_mask"].bool()
+    assert gamma.max() > 1
+    group_adv = out["advantages"][:, 0] / gamma[:, 0]
+    _assert_gamma_times_group_advantage(out["advantages"], group_adv, gamma, mask)
+
+
+def test_on_policy_statistics_come_from_the_loss_forward_and_match_a_separate_pass(tmp_path):
+    trainer = _trainer(tmp_path)
+    out = _rollout(trainer)
+    assert out["advantages"].shape == (4,) and "old_per_token_logps" not in out  # deferred to the loss forward
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    separate = trainer.credit.assign(model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
+                                     out["completion_mask"])
+    group_adv = out["advantages"].clone()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop in a real run
+    loss = trainer._compute_loss(trainer.model, out)
+    assert torch.isfinite(loss)
+    fused = trainer.last_credit
+    torch.testing.assert_close(fused.waad, separate.waad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.fai, separate.fai, atol=1e-6, rtol=1e-5, equal_nan=True)
+    assert torch.equal(fused.gamma, separate.gamma)
+    _assert_gamma_times_group_advantage(out["advantages"], group_adv, fused.gamma, out["completion_mask"].bool())
+
+
+def test_multiple_iterations_use_the_separate_pass(tmp_path):
+    trainer = _trainer(tmp_path, num_iterations=2)
+    out = _rollout(trainer)
+    assert "old_per_token_logps" in out and out["advantages"].shape == out["completion_ids"].shape
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])

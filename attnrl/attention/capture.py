@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +60,7 @@ class StatisticsCapture:
     backend: str = "auto"
     key_masks: torch.Tensor | None = None  # (B, M, T)
     stop_after_last_layer: bool = False
+    on_complete: Callable[[StatisticsCapture], None] | None = None
     stats: dict[int, AttentionStats] = field(default_factory=dict)
 
     @property
@@ -100,8 +101,12 @@ def _capturing_sdpa(module, query, key, value, attention_mask, *args, **kwargs):
         key_masks=cap.key_masks,
         backend=cap.backend,
     )
-    if cap.stop_after_last_layer and cap.complete:
-        raise _StopForward
+    if cap.complete:
+        if cap.on_complete is not None:
+            with torch.no_grad():
+                cap.on_complete(cap)
+        if cap.stop_after_last_layer:
+            raise _StopForward
     return out
 
 
@@ -171,12 +176,15 @@ def capture_statistics(
     backend: str = "auto",
     key_masks: torch.Tensor | None = None,
     stop_after_last_layer: bool = False,
+    on_complete: Callable[[StatisticsCapture], None] | None = None,
 ) -> Iterator[StatisticsCapture]:
     """Record statistics of ``layers`` during the single forward run inside the ``with`` block.
 
     attention_mask: (B, T) 0/1 padding mask of that forward; resp_start: (B,) first response index per row.
     stop_after_last_layer: abort the forward once every layer is recorded (saves the remaining layers when
     only statistics are wanted; the model's output is then unavailable).
+    on_complete: called (under no_grad) inside the forward as soon as every layer is recorded — lets a caller
+    act on the statistics before the rest of its own computation (e.g. a loss) reads the results.
     """
     enable_capture(model)
     n = num_layers(model)
@@ -193,6 +201,7 @@ def capture_statistics(
         backend=backend,
         key_masks=key_masks,
         stop_after_last_layer=stop_after_last_layer,
+        on_complete=on_complete,
     )
     if _current() is not None:
         raise CaptureError("capture_statistics contexts cannot be nested")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -125,15 +127,51 @@ class CreditAssigner:
         batch_size: int | None = None,
         **forward_kwargs,
     ) -> CreditResult:
-        """gamma for a padded batch: prompts (B, Tp) left-padded, completions (B, Tc) right-padded."""
+        """gamma for a padded batch: prompts (B, Tp) left-padded, completions (B, Tc) right-padded.
+
+        Runs its own statistics forward (stopped after the last analysed layer) when the strategy needs attention.
+        """
+        stats = None
+        if "attention" in self.needs:
+            ids = torch.cat([prompt_ids, completion_ids], 1)
+            mask = torch.cat([prompt_mask, completion_mask], 1)
+            stats = self.collect_statistics(model, ids, mask, prompt_ids.shape[1], batch_size, **forward_kwargs)
+        return self.from_statistics(stats, prompt_mask, completion_mask, entropy)
+
+    @contextlib.contextmanager
+    def capture_during_forward(
+        self, model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor,
+        on_result: Callable[[CreditResult], None],
+    ) -> Iterator[None]:
+        """Take the statistics from a forward the caller runs anyway over [prompt; completion] (the loss forward).
+
+        ``on_result`` receives the CreditResult inside that forward, right after the last analysed layer, i.e.
+        before the caller's loss reads the advantages. Only exact when the forward's weights are the rollout
+        policy's (the trainer checks this).
+        """
+        mask = torch.cat([prompt_mask, completion_mask], 1)
+        resp = torch.full((mask.shape[0],), prompt_mask.shape[1], device=mask.device)
+
+        def done(cap):
+            on_result(self.from_statistics(cap.stats, prompt_mask, completion_mask))
+
+        with capture_statistics(model, self.layers, mask, resp, self.spec, backend=self.config.credit_backend,
+                                on_complete=done):
+            yield
+
+    def from_statistics(
+        self,
+        stats: dict[int, AttentionStats] | None,
+        prompt_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+    ) -> CreditResult:
+        """gamma (B, Tc) from per-layer statistics over [prompt; completion] (None for attention-free strategies)."""
         response = completion_mask.bool()
         inputs = CreditInputs(response_mask=response, entropy=entropy, generator=self.generator)
         result = CreditResult(gamma=torch.ones_like(completion_mask, dtype=torch.float32))
-        if "attention" in self.needs:
-            Tp = prompt_ids.shape[1]
-            ids = torch.cat([prompt_ids, completion_ids], 1)
-            mask = torch.cat([prompt_mask, completion_mask], 1)
-            stats = self.collect_statistics(model, ids, mask, Tp, batch_size, **forward_kwargs)
+        if stats is not None:
+            Tp = prompt_mask.shape[1]
             full_response = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response], 1)
             profile = result.profile = self.head_profile(stats, full_response)
             inputs.waad = token_waad(stats, profile)[:, Tp:].to(response.device)

@@ -10,6 +10,7 @@ from .strategies import STRATEGIES, CreditParams
 
 HEAD_PROFILE_MODES = ("per_batch", "cached")
 SIGN_MODES = ("both", "nonnegative")
+STATS_PASSES = ("auto", "separate")
 
 
 @dataclass
@@ -54,6 +55,12 @@ class CreditConfig:
     credit_backend: str = field(
         default="auto", metadata={"help": "Statistics backend: 'auto' (Triton on CUDA), 'torch' or 'triton'."}
     )
+    credit_stats_pass: str = field(
+        default="auto",
+        metadata={"help": "Where attention statistics come from. 'auto': from the loss forward itself when TRL runs "
+                  "it on the rollout policy (on-policy: no old log-probs needed), else a separate no-grad forward "
+                  "at scoring time; 'separate': always the separate forward."},
+    )
     credit_seed: int = field(default=0, metadata={"help": "Seed of the 'random' strategy's scores."})
 
     def validate_credit(self) -> None:
@@ -73,6 +80,8 @@ class CreditConfig:
             raise ValueError(f"credit_head_profile={self.credit_head_profile!r}; use one of {HEAD_PROFILE_MODES}")
         if self.credit_sign_mode not in SIGN_MODES:
             raise ValueError(f"credit_sign_mode={self.credit_sign_mode!r}; use one of {SIGN_MODES}")
+        if self.credit_stats_pass not in STATS_PASSES:
+            raise ValueError(f"credit_stats_pass={self.credit_stats_pass!r}; use one of {STATS_PASSES}")
         if self.credit_backend not in BACKENDS:
             raise ValueError(f"credit_backend={self.credit_backend!r}; use one of {BACKENDS}")
         if self.credit_gamma_amp < 1.0:

@@ -35,7 +35,7 @@ class GRPOJobArguments:
     task: str = field(default="arithmetic", metadata={"help": f"Task to train on: one of {sorted(TASKS)}."})
     train_size: int = field(default=2000, metadata={"help": "Number of distinct training problems."})
     eval_size: int = field(default=200, metadata={"help": "Number of held-out problems (greedy accuracy)."})
-    data_seed: int = field(default=0, metadata={"help": "Seed of the task generator."})
+    task_seed: int = field(default=0, metadata={"help": "Seed of the task generator."})
     reward_names: list[str] = field(
         default_factory=lambda: ["correct"],
         metadata={"help": "Rewards to use: 'correct' (the task's exact/math-verify reward) and/or 'format'."},
@@ -72,8 +72,8 @@ def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
     task = TASKS[job.task]
 
     model, tokenizer = load_model_and_tokenizer(job.model_name_or_path)
-    train_set = make_dataset(job.task, "train", job.train_size, seed=job.data_seed)
-    eval_set = make_dataset(job.task, "test", job.eval_size, seed=job.data_seed + 1)
+    train_set = make_dataset(job.task, "train", job.train_size, seed=job.task_seed)
+    eval_set = make_dataset(job.task, "test", job.eval_size, seed=job.task_seed + 1)
     evaluate = lambda m, desc: evaluate_accuracy(  # noqa: E731
         m, tokenizer, eval_set, task.is_correct, max_new_tokens=job.eval_max_new_tokens,
         batch_size=job.eval_batch_size, desc=desc,

@@ -1,10 +1,13 @@
 """AttnGRPOTrainer: trl.GRPOTrainer whose advantages are re-weighted per token by attention credit.
 
-A drop-in for ``trl.GRPOTrainer``: same constructor, same config (plus ``credit_*`` fields). The one hook it
-overrides is ``_generate_and_score_completions``: after TRL has generated, scored and normalised the group
-advantages (B,), a statistics-only forward of the rollout policy (stopped after the last analysed layer) gives
-WAAD/FAI, the chosen strategy gives gamma (B, Tc), and the trainer hands TRL (B, Tc) advantages, which TRL's
-loss accepts as they are (trl >= 1.16).
+A drop-in for ``trl.GRPOTrainer``: same constructor, same config (plus ``credit_*`` fields). Advantages become
+(B, Tc) = gamma_t * A_i, which TRL's loss accepts as they are (trl >= 1.16). Where the statistics come from:
+
+- on-policy (TRL computes no old log-probs, so its loss forward runs on the rollout policy's weights): the
+  statistics are recorded during that loss forward, and gamma is applied to ``inputs["advantages"]`` inside it,
+  right after the last analysed layer and before the loss reads them — no extra forward at all;
+- otherwise (num_iterations > 1, vLLM importance sampling, ``credit_stats_pass="separate"``): a no-grad
+  statistics forward of the rollout policy at scoring time, stopped after the last analysed layer.
 """
 
 from __future__ import annotations
@@ -45,11 +48,20 @@ class AttnGRPOTrainer(GRPOTrainer):
         self.credit = CreditAssigner(credit_cfg, self.accelerator.unwrap_model(self.model))
         self.last_credit: CreditResult | None = None  # the most recent batch's weights (for reports and tests)
 
+    def _statistics_from_loss_forward(self, batch) -> bool:
+        """True when the loss forward runs on the rollout policy, so it can supply the attention statistics."""
+        return (
+            "attention" in self.credit.needs
+            and self.credit_config.credit_stats_pass == "auto"
+            and "old_per_token_logps" not in batch
+        )
+
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
+        if self._statistics_from_loss_forward(output):
+            return output  # gamma is applied in _compute_loss
         mode = "train" if self.model.training else "eval"
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        completion_mask = output["completion_mask"]
         start = time.perf_counter()
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             entropy = self._rollout_entropy(output, batch_size) if "entropy" in self.credit.needs else None
@@ -58,19 +70,36 @@ class AttnGRPOTrainer(GRPOTrainer):
                 output["prompt_ids"],
                 output["prompt_mask"],
                 output["completion_ids"],
-                completion_mask,
+                output["completion_mask"],
                 entropy=entropy,
                 batch_size=batch_size,
                 **{k: output[k] for k in _MULTIMODAL_KEYS if k in output},
             )
-        output["advantages"] = shape_advantages(
-            output["advantages"], result.gamma, completion_mask.bool(), self.credit_config.credit_sign_mode
+        self._apply_credit(output, result, mode, time.perf_counter() - start)
+        return output
+
+    def _compute_loss(self, model, inputs):
+        if not self._statistics_from_loss_forward(inputs):
+            return super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        start = time.perf_counter()
+
+        def on_result(result: CreditResult) -> None:  # runs inside the forward, before the loss reads advantages
+            self._apply_credit(inputs, result, mode, time.perf_counter() - start)
+
+        with self.credit.capture_during_forward(self.accelerator.unwrap_model(model), inputs["prompt_mask"],
+                                                inputs["completion_mask"], on_result):
+            return super()._compute_loss(model, inputs)
+
+    def _apply_credit(self, batch: dict, result: CreditResult, mode: str, seconds: float) -> None:
+        """advantages (B,) -> (B, Tc) = gamma * A in ``batch``; log the credit metrics."""
+        batch["advantages"] = shape_advantages(
+            batch["advantages"], result.gamma, batch["completion_mask"].bool(), self.credit_config.credit_sign_mode
         )
-        result.metrics["credit/seconds"] = time.perf_counter() - start
+        result.metrics["credit/seconds"] = seconds
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(value)
         self.last_credit = result
-        return output
 
     def _rollout_entropy(self, output, batch_size: int) -> torch.Tensor:
         """Per-token entropy (B, Tc) of the rollout policy, via TRL's own log-prob helper."""
