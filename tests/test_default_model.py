@@ -70,6 +70,11 @@ def test_two_grpo_steps_with_lora_on_the_default_model(smollm2, tmp_path):
     assert trainer.last_credit.gamma.shape[0] == 8
     assert any("credit/amplified_frac" in e for e in trainer.state.log_history)
     trainer.save_model(str(tmp_path / "adapter"))
-    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else model
-    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
-    assert reloaded.peft_config["default"].r == 8
+    from attnrl.models import load_model_and_tokenizer
+
+    fresh, _ = load_model_and_tokenizer()
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    ids = tok("What is 12 + 30?", return_tensors="pt")["input_ids"]
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

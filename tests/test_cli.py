@@ -1,0 +1,402 @@
+"""The `attnrl` command end to end on a tiny model: train (YAML + overrides, recipe registry, Ray hook), eval
+(greedy accuracy, pass@k), analyze (PNGs + an HTML page rendered in headless Chromium), publish (peft reload gives
+the same logits, checksums, Hub upload mocked) and the error messages of each."""
+
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from matplotlib.image import imread
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+import attnrl.distributed
+import attnrl.publish
+from attnrl import cli
+from attnrl.evaluation import evaluate_pass_at_k, generate_completions, pass_at_k
+from attnrl.models import DEFAULT_MODEL
+from attnrl.recipes.grpo import GRPOJobArguments
+from attnrl.report import ROLE_COLOURS
+from attnrl.trainers.grpo import AttnGRPOConfig
+from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
+
+TINY_RUN = {  # a 1-step GRPO + LoRA run on the tiny model (seconds)
+    "task": "arithmetic", "train_size": 8, "eval_size": 4, "lora_r": 4, "lora_alpha": 8, "eval_max_new_tokens": 8,
+    "eval_batch_size": 4, "credit_strategy": "coupled", "credit_window": 3, "credit_fai_lo": 1, "credit_fai_hi": 6,
+    "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,
+    "logging_steps": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True, "bf16": False, "seed": 0,
+}
+COMPLETION = "12 + 30 = 42, so the answer is 42."
+
+
+def write_yaml(path: Path, **config) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under folder."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def give_lora_b_random_values(adapter_dir: Path) -> None:
+    """LoRA B starts at 0 and a 1-step run of a random model has no reward variance (zero gradient), so B would
+    stay 0 and any adapter would reproduce the base logits; random B values make the logits tests meaningful."""
+    path = adapter_dir / "adapter_model.safetensors"
+    weights = load_file(path)
+    generator = torch.Generator().manual_seed(0)
+    for name, w in weights.items():
+        if "lora_B" in name:
+            weights[name] = 0.1 * torch.randn(w.shape, generator=generator)
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_causal_lm("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """`attnrl train` of TINY_RUN with two overrides on the command line: the run's output_dir (LoRA B set to
+    random values)."""
+    work = tmp_path_factory.mktemp("train")
+    config = write_yaml(work / "tiny.yaml", **TINY_RUN, model_name_or_path=tiny_model_dir,
+                        output_dir=str(work / "run"))
+    assert cli.main(["train", str(config), "--credit_strategy", "local_chunk", "--max_steps", "1"]) == 0
+    give_lora_b_random_values(work / "run" / "adapter")
+    return work / "run"
+
+
+# ---------------------------------------------------------------- train
+
+
+def test_train_writes_adapter_report_and_resolved_config(run_dir, tiny_model_dir):
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    assert results["credit_strategy"] == "local_chunk" and results["train_steps"] == 1  # the overrides won
+    for name in ("report.md", "reward_curve.png", "rhythm.png", "rhythm.html", "log_history.json"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_model_dir and adapter_config["r"] == 4
+    resolved = yaml.safe_load((run_dir / cli.RESOLVED_CONFIG).read_text())
+    assert resolved["recipe"] == "grpo" and resolved["credit_strategy"] == "local_chunk"
+    assert resolved["max_steps"] == 1 and resolved["train_size"] == 8 and resolved["lora_alpha"] == 8
+
+
+def test_yaml_recipe_key_selects_the_recipe_and_overrides_reach_both_dataclasses(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(cli.RECIPES, "fake", (GRPOJobArguments, AttnGRPOConfig, lambda j, a: calls.append((j, a))))
+    config = write_yaml(tmp_path / "c.yaml", **TINY_RUN, recipe="fake", model_name_or_path="not/loaded",
+                        output_dir=str(tmp_path / "run"))
+    cli.train(config, ["--max_steps", "3", "--credit-strategy=global_anchor", "--lora_r", "2"])
+    (job, args), = calls
+    assert (job.model_name_or_path, job.lora_r, job.eval_size) == ("not/loaded", 2, 4)
+    assert (args.max_steps, args.credit_strategy, args.num_generations) == (3, "global_anchor", 4)
+    assert yaml.safe_load((tmp_path / "run" / cli.RESOLVED_CONFIG).read_text())["recipe"] == "fake"
+    with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown; available: \['fake', 'grpo'\]"):
+        cli.train(config, recipe="ppp")
+
+
+def test_a_recipe_whose_dataclasses_share_a_field_is_refused(tmp_path, monkeypatch):
+    @dataclass
+    class ClashingJob:
+        learning_rate: float = 1.0  # also a trainer field
+
+    monkeypatch.setitem(cli.RECIPES, "clash", (ClashingJob, AttnGRPOConfig, lambda job, args: None))
+    config = write_yaml(tmp_path / "c.yaml", recipe="clash", output_dir=str(tmp_path / "run"))
+    with pytest.raises(cli.UsageError, match=r"\['learning_rate'\] are defined by both ClashingJob and AttnGRPOConfig"):
+        cli.train(config)
+
+
+def test_ray_flags_go_to_the_distributed_launcher_or_fail_clearly(tmp_path, monkeypatch):
+    config = write_yaml(tmp_path / "c.yaml", **TINY_RUN, model_name_or_path="not/loaded",
+                        output_dir=str(tmp_path / "run"))
+    launched = []
+    monkeypatch.setattr(attnrl.distributed, "launch", lambda *a: launched.append(a) or {"ok": True})
+    assert cli.train(config, ["--max_steps", "5"], ray_address="ray://head:10001", num_workers=4) == {"ok": True}
+    (job, args, ray_args), = launched
+    assert isinstance(ray_args, attnrl.distributed.RayArguments) and ray_args.workers == 4
+    assert ray_args.ray_address == "ray://head:10001" and args.max_steps == 5 and job.model_name_or_path == "not/loaded"
+
+    monkeypatch.setitem(cli.RECIPES, "other", cli.RECIPES["grpo"])
+    with pytest.raises(cli.UsageError, match="the Ray launcher trains the grpo recipe only"):
+        cli.train(config, recipe="other", num_workers=2)
+    monkeypatch.setitem(sys.modules, "attnrl.distributed", types.ModuleType("attnrl.distributed"))  # no launcher
+    with pytest.raises(cli.UsageError, match=r"need the Ray launcher attnrl\.distributed\.launch.*drop both flags"):
+        cli.train(config, num_workers=2)
+
+
+def test_unknown_config_fields_name_the_closest_field_before_any_loading(tmp_path, capsys):
+    good = {**TINY_RUN, "model_name_or_path": "missing/model", "output_dir": str(tmp_path / "run")}
+    typo = write_yaml(tmp_path / "typo.yaml", **{**good, "credit_stratgy": "coupled"})
+    with pytest.raises(cli.UsageError, match=r"'credit_stratgy'.*did you mean 'credit_strategy'"):
+        cli.train(typo)
+    config = write_yaml(tmp_path / "good.yaml", **good)
+    with pytest.raises(cli.UsageError, match=r"'--max_step'.*did you mean '--max_steps'"):
+        cli.train(config, ["--max_step", "3"])
+    assert cli.main(["train", str(typo)]) == 2
+    assert "did you mean 'credit_strategy'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_pass_at_k_is_the_probability_that_a_random_k_subset_holds_a_correct_sample():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations([True] * c + [False] * (n - c), k))
+                expected = Fraction(sum(any(s) for s in subsets), len(subsets))
+                assert pass_at_k(n, c, k) == pytest.approx(float(expected), abs=1e-12)
+    assert pass_at_k(200, 0, 10) == 0.0 and pass_at_k(200, 1, 200) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(4, 1, 5)
+
+
+def test_evaluate_pass_at_k_averages_the_estimator_over_problems(tiny_model_dir):
+    model, tokenizer = cli.load_policy(tiny_model_dir)
+    examples = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(5)]
+    torch.manual_seed(0)
+    result = evaluate_pass_at_k(model, tokenizer, examples, lambda text, row: len(text) % 2 == 0, ks=[1, 3],
+                                samples=4, max_new_tokens=5, batch_size=8)
+    counts = result.correct_counts
+    assert len(counts) == 5 and all(0 <= c <= 4 for c in counts)
+    assert result.pass_at_k[1] == pytest.approx(sum(counts) / 20)  # pass@1 = fraction of correct samples
+    assert result.pass_at_k[3] == pytest.approx(np.mean([pass_at_k(4, c, 3) for c in counts]))
+    assert 0 < result.pass_at_k[1] < result.pass_at_k[3] < 1
+    with pytest.raises(ValueError, match="raise --samples"):
+        evaluate_pass_at_k(model, tokenizer, examples, lambda text, row: True, ks=[8], samples=4)
+
+
+def test_eval_compares_base_and_adapters_in_a_table_and_json(run_dir, tiny_model_dir, tmp_path, capsys):
+    adapter, out = str(run_dir / "adapter"), tmp_path / "eval.json"
+    argv = ["eval", "--model", tiny_model_dir, "--adapter", adapter, "--adapter", adapter, "--task", "arithmetic",
+            "--n", "3", "--pass-k", "1", "2", "--samples", "3", "--max-new-tokens", "6", "--out", str(out)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert [row["adapter"] for row in result["rows"]] == [None, adapter, adapter]
+    assert result["n"] == 3 and result["pass_k"] == {"ks": [1, 2], "samples": 3, "temperature": 1.0, "seed": 0}
+    for row in result["rows"]:
+        assert row["total"] == 3 and row["accuracy"] == row["correct"] / 3
+        assert 0 <= row["pass_at_k"]["1"] <= row["pass_at_k"]["2"] <= 1
+    assert result["rows"][1] == result["rows"][2]  # the same adapter, the same seed: the same numbers
+    assert "| model | greedy accuracy | pass@1 (3 samples, T=1.0) | pass@2 (3 samples, T=1.0) |" in table
+    assert f"| base {tiny_model_dir} | " in table and table.count(f"| {adapter} | ") == 2
+    only_adapter = cli.evaluate(tiny_model_dir, "arithmetic", [adapter], include_base=False, n=3, max_new_tokens=6)
+    assert [row["name"] for row in only_adapter["rows"]] == [adapter] and only_adapter["pass_k"] is None
+
+
+def test_eval_errors_name_the_problem_before_loading(run_dir, tiny_model_dir, tmp_path):
+    with pytest.raises(cli.UsageError, match=r"task 'arithmetik' is unknown \(did you mean 'arithmetic'\?\)"):
+        cli.evaluate(tiny_model_dir, "arithmetik")
+    with pytest.raises(FileNotFoundError, match=r"adapter folder .*nowhere does not exist; pass RUN_DIR/adapter"):
+        cli.evaluate(tiny_model_dir, "arithmetic", [tmp_path / "nowhere"])
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        cli.evaluate(tiny_model_dir, "arithmetic", [tmp_path])
+    other_model = tmp_path / "other"
+    tiny_causal_lm("llama", hidden_size=32, intermediate_size=64).save_pretrained(other_model)
+    tiny_tokenizer().save_pretrained(other_model)
+    with pytest.raises(cli.UsageError, match=rf"trained on base model '{re.escape(tiny_model_dir)}', not on --model"):
+        cli.evaluate(str(other_model), "arithmetic", [run_dir / "adapter"])
+    moved = f"/machine/that/trained/{Path(tiny_model_dir).name}"  # a recorded path absent here: compare names
+    assert cli.same_base_model(moved, tiny_model_dir) and not cli.same_base_model("/machine/x/other", tiny_model_dir)
+    with pytest.raises(cli.UsageError, match="--pass-k \\[4\\] needs 1 <= k <= --samples \\(2\\)"):
+        cli.evaluate(tiny_model_dir, "arithmetic", pass_k=[4], samples=2)
+
+
+def test_an_adapter_of_other_shapes_is_caught_on_load(run_dir, tiny_model_dir, tmp_path):
+    """adapter_config.json names our model, but the weights were trained on a narrower one."""
+    narrow = tmp_path / "narrow"
+    tiny_causal_lm("llama", hidden_size=32, intermediate_size=64).save_pretrained(narrow)
+    tiny_tokenizer().save_pretrained(narrow)
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(narrow), LoraConfig(r=4, target_modules=["q_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "base_model_name_or_path": tiny_model_dir}))
+    with pytest.raises(cli.UsageError, match=r"does not fit --model .*weight shapes differ \(size mismatch"):
+        cli.evaluate(tiny_model_dir, "arithmetic", [tmp_path / "adapter"], n=2)
+
+
+# ---------------------------------------------------------------- analyze
+
+
+def count_colour(png: Path, hex_colour: str, tolerance: int = 10) -> int:
+    """Pixels of the image within ``tolerance`` (0-255 per channel) of ``hex_colour``."""
+    image = imread(png)[..., :3]
+    pixels = (image * 255).round() if image.dtype != np.uint8 else image.astype(float)
+    target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
+    return int((np.abs(pixels - target).max(-1) <= tolerance).sum())
+
+
+def screenshot(html: Path, png: Path) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "the HTML test needs headless Chromium: apt-get install -y chromium"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={png.parent / 'chromium-profile'}", f"--screenshot={png}", "--window-size=1000,600",
+         html.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    assert png.stat().st_size > 1000
+
+
+def test_analyze_rollout_writes_figures_and_a_page_with_role_colours(run_dir, tiny_model_dir, tmp_path):
+    rollouts = tmp_path / "rollouts.jsonl"
+    rows = [{"prompt": "ignored", "completion": "x"}, {"prompt": "What is 12 + 30?", "completion": COMPLETION}]
+    rollouts.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--model", tiny_model_dir, "--adapter", str(run_dir / "adapter"), "--rollouts", str(rollouts),
+            "--index", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["completion"] == COMPLETION and "".join(record["tokens"]) == COMPLETION
+    assert record["fai"][-1] is None and len(record["head_distances"]) == len(record["layers"]) == 2
+    assert (out / "rhythm.png").stat().st_size > 5000 and (out / "heads.png").stat().st_size > 5000
+    page = (out / "rhythm.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "http" not in page  # self-contained
+
+    # the anchor colour on the tokens: compare with the same page whose token spans lost their colours
+    plain = tmp_path / "plain.html"
+    plain.write_text(re.sub(r'(<span class="tok" data-role="\w+" title="[^"]*") style="[^"]*"', r"\1", page))
+    screenshot(out / "rhythm.html", tmp_path / "page.png")
+    screenshot(plain, tmp_path / "plain.png")
+    anchors_only = sum(a and not p for a, p in zip(record["anchor"], record["preplan"]))
+    extra_anchor = count_colour(tmp_path / "page.png", ROLE_COLOURS["anchor"]) - count_colour(
+        tmp_path / "plain.png", ROLE_COLOURS["anchor"])
+    assert anchors_only >= 3 and extra_anchor >= 40 * anchors_only  # a monospace glyph cell is about 8 x 17 px
+    assert count_colour(tmp_path / "plain.png", ROLE_COLOURS["anchor"]) > 200  # the legend swatch
+
+
+def test_analyze_prompt_uses_the_greedy_response(tiny_model_dir, tmp_path):
+    assert cli.main(["analyze", "--model", tiny_model_dir, "--prompt", "What is 2 + 3?", "--max-new-tokens", "12",
+                     "--out", str(tmp_path)]) == 0
+    model, tokenizer = cli.load_policy(tiny_model_dir)
+    greedy = generate_completions(model, tokenizer, [[{"role": "user", "content": "What is 2 + 3?"}]],
+                                  max_new_tokens=12)[0]
+    record = json.loads((tmp_path / "analysis.json").read_text())
+    assert record["completion"] == greedy and len(record["tokens"]) == len(record["waad"]) == len(greedy)
+    assert {p.name for p in tmp_path.iterdir()} >= {"rhythm.png", "heads.png", "rhythm.html", "analysis.json"}
+    with pytest.raises(cli.UsageError, match="exactly one of --prompt"):
+        cli.analyze(tmp_path, tiny_model_dir)
+
+
+# ---------------------------------------------------------------- publish
+
+
+def test_publish_reloads_to_the_same_logits_and_leaves_the_run_untouched(run_dir, tiny_model_dir, tmp_path):
+    before = tree_digest(run_dir)
+    out = tmp_path / "published"
+    assert cli.main(["publish", str(run_dir), "--out", str(out)]) == 0
+    assert tree_digest(run_dir) == before
+
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "SHA256SUMS", "reward_curve.png",
+            "rhythm.png", "results.json"} <= files and "training_args.bin" not in files
+    lines = (out / "SHA256SUMS").read_text().splitlines()
+    manifest = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+    assert set(manifest) == files - {"SHA256SUMS"}
+    assert all(hashlib.sha256((out / name).read_bytes()).hexdigest() == digest for name, digest in manifest.items())
+    assert manifest["adapter_model.safetensors"] == before["adapter/adapter_model.safetensors"]
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n") and "credit-local_chunk" in card
+    assert f"LoRA adapter for {tiny_model_dir}" in card and "the `arithmetic` task" in card
+    assert "| + this adapter (1 steps) | 0.0% |" in card and "| base | 0.0% |" in card
+    assert "![Training curve" in card and "(rhythm.png)" in card and "credit_strategy: local_chunk" in card
+
+    ids = tiny_tokenizer()("What is 1 + 2?", return_tensors="pt")["input_ids"]
+    trained, _ = cli.load_policy(tiny_model_dir, run_dir / "adapter")
+    published = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out)).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected, got, base_logits = trained(ids).logits, published(ids).logits, base(ids).logits
+    assert torch.equal(got, expected) and not torch.allclose(got, base_logits, atol=1e-3)
+
+
+def test_publish_push_to_hub_uploads_the_published_folder(run_dir, tmp_path, monkeypatch):
+    calls = []
+
+    class FakeHfApi:
+        def create_repo(self, **kw):
+            calls.append(("create_repo", kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", {**kw, "files": sorted(p.name for p in Path(kw["folder_path"]).iterdir())}))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    out = attnrl.publish.publish(run_dir, tmp_path / "pub", push_to_hub="me/tiny-attngrpo", private=True)
+    (create, create_kw), (upload, upload_kw) = calls
+    assert create == "create_repo" and create_kw == {"repo_id": "me/tiny-attngrpo", "repo_type": "model",
+                                                     "private": True, "exist_ok": True}
+    assert upload == "upload_folder" and upload_kw["repo_id"] == "me/tiny-attngrpo"
+    assert upload_kw["folder_path"] == str(out) and upload_kw["files"] == sorted(p.name for p in out.iterdir())
+    assert {"README.md", "adapter_model.safetensors", "SHA256SUMS"} <= set(upload_kw["files"])
+
+
+def test_card_of_the_embedded_default_names_its_hub_base_and_the_gguf_origin(tmp_path):
+    results = {"model": DEFAULT_MODEL, "task": "countdown", "credit_strategy": "coupled", "accuracy_before": 0.25,
+               "accuracy_after": 0.5, "train_steps": 40, "eval_size": 200}
+    card = attnrl.publish.model_card(results, {"base_model_name_or_path": "/cache/SmolLM2-135M-Instruct"},
+                                     {"credit_strategy": "coupled"}, tmp_path)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "dequantised from its Q4_1 GGUF" in card
+    assert "| base | 25.0% |" in card and "| + this adapter (40 steps) | 50.0% |" in card
+    assert "--task countdown" in card and "![" not in card  # no figure files in tmp_path
+    assert "base_model:" not in attnrl.publish.model_card({"model": str(tmp_path)}, {}, {}, tmp_path)
+
+
+def test_publish_never_overwrites_and_leaves_nothing_behind_on_failure(run_dir, tmp_path, monkeypatch):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists and is not an empty folder"):
+        attnrl.publish.publish(run_dir, taken)
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="overlaps RUN_DIR"):
+        attnrl.publish.publish(run_dir, run_dir / "published")
+    with pytest.raises(FileNotFoundError, match="holds no peft adapter"):
+        attnrl.publish.publish(tmp_path, tmp_path.parent / "out-of-nothing")
+
+    def disk_full(folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(attnrl.publish, "write_manifest", disk_full)
+    before = tree_digest(run_dir)
+    with pytest.raises(OSError, match="No space left"):
+        attnrl.publish.publish(run_dir, tmp_path / "new" / "pub")
+    assert list((tmp_path / "new").iterdir()) == [] and tree_digest(run_dir) == before
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_console_entry_point_prints_usage_errors_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "attnrl.cli", "eval", "--task", "countdwn"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "attnrl eval: error: task 'countdwn' is unknown (did you mean 'countdown'?)" in proc.stderr
