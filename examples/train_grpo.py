@@ -2,19 +2,28 @@
 
     python examples/train_grpo.py --config examples/configs/grpo_arithmetic_coupled.yaml [--any_field value]
 
-Every field of GRPOJobArguments (attnrl/recipes/grpo.py) and of AttnGRPOConfig (trl.GRPOConfig + credit_*) can be
-set in the YAML file or on the command line.
+Every field of GRPOJobArguments (attnrl/recipes/grpo.py), AttnGRPOConfig (trl.GRPOConfig + credit_*) and
+RayArguments (attnrl/distributed/config.py) can be set in the YAML file or on the command line. With Ray flags the
+same job trains data-parallel on a Ray cluster, e.g. 2 local CPU workers or a job on a running cluster:
+
+    python examples/train_grpo.py --config ray_configs/local.yaml --num_workers 2
+    ray job submit --working-dir . -- python examples/train_grpo.py --config ray_configs/local.yaml
 """
 
 import logging
 
 from trl import TrlParser
 
+from attnrl.distributed import RayArguments, launch
 from attnrl.recipes.grpo import GRPOJobArguments, run_grpo_job
 from attnrl.trainers.grpo import AttnGRPOConfig
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job, training_args = TrlParser((GRPOJobArguments, AttnGRPOConfig)).parse_args_and_config()
-    results = run_grpo_job(job, training_args)
+    parser = TrlParser((GRPOJobArguments, AttnGRPOConfig, RayArguments))
+    job, training_args, ray_args = parser.parse_args_and_config()
+    if ray_args.use_ray:
+        results = launch(job, training_args, ray_args)
+    else:
+        results = run_grpo_job(job, training_args)
     print({k: results[k] for k in ("accuracy_before", "accuracy_after", "train_steps", "seconds_per_step")})

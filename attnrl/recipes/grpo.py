@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
 
-from attnrl.evaluation import evaluate_accuracy
+from attnrl.credit.config import CreditConfig
+from attnrl.evaluation import EvalResult, evaluate_accuracy
 from attnrl.models import DEFAULT_MODEL, load_model_and_tokenizer
 from attnrl.report import analyze_response, plot_reward_curve, plot_rhythm, rhythm_html
 from attnrl.rewards import TASKS, make_dataset
@@ -61,6 +63,48 @@ def task_rewards(task: str, names: list[str]) -> list:
     return [{"correct": correct, "format": fmt}[n] for n in names]
 
 
+def lora_config(job: GRPOJobArguments) -> LoraConfig | None:
+    """The job's LoRA adapter config (None: train the full model)."""
+    if job.lora_r <= 0:
+        return None
+    return LoraConfig(r=job.lora_r, lora_alpha=job.lora_alpha, target_modules=job.lora_target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def job_datasets(job: GRPOJobArguments):
+    """(train, held-out) datasets of the job's task; the held-out split is disjoint from training by construction."""
+    train_set = make_dataset(job.task, "train", job.train_size, seed=job.task_seed)
+    eval_set = make_dataset(job.task, "test", job.eval_size, seed=job.task_seed + 1)
+    return train_set, eval_set
+
+
+def held_out_evaluator(job: GRPOJobArguments, tokenizer, eval_set) -> Callable[[object, str], EvalResult]:
+    """``evaluate(model, desc) -> EvalResult``: greedy accuracy on the held-out set with the task's checker."""
+
+    def evaluate(model, desc: str) -> EvalResult:
+        return evaluate_accuracy(model, tokenizer, eval_set, TASKS[job.task].is_correct,
+                                 max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size, desc=desc)
+
+    return evaluate
+
+
+def job_results(job, args, trainer, before: float | None, after: EvalResult, seconds: float, steps: int) -> dict:
+    """The results dictionary written to report/results.json (and returned by the job)."""
+    return {
+        "model": job.model_name_or_path,
+        "task": job.task,
+        "credit_strategy": args.credit_strategy,
+        "eval_size": after.total,
+        "accuracy_before": before,
+        "accuracy_after": after.accuracy,
+        "train_steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, steps), 2),
+        "adapter_dir": str(Path(args.output_dir) / "adapter"),
+        "job": asdict(job),
+    }
+
+
 def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
     """Run the whole job; returns (and writes to ``args.output_dir``/report) the results dictionary."""
     job.validate()
@@ -69,80 +113,67 @@ def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    task = TASKS[job.task]
 
     model, tokenizer = load_model_and_tokenizer(job.model_name_or_path)
-    train_set = make_dataset(job.task, "train", job.train_size, seed=job.task_seed)
-    eval_set = make_dataset(job.task, "test", job.eval_size, seed=job.task_seed + 1)
-    evaluate = lambda m, desc: evaluate_accuracy(  # noqa: E731
-        m, tokenizer, eval_set, task.is_correct, max_new_tokens=job.eval_max_new_tokens,
-        batch_size=job.eval_batch_size, desc=desc,
-    )
+    train_set, eval_set = job_datasets(job)
+    evaluate = held_out_evaluator(job, tokenizer, eval_set)
 
-    before = None if job.skip_eval_before else evaluate(model, "held-out accuracy (base)")
+    before = None if job.skip_eval_before else evaluate(model, "held-out accuracy (base)").accuracy
     if before is not None:
-        logger.info("base model held-out accuracy: %.1f%%", 100 * before.accuracy)
+        logger.info("base model held-out accuracy: %.1f%%", 100 * before)
 
-    peft_config = None
-    if job.lora_r > 0:
-        peft_config = LoraConfig(r=job.lora_r, lora_alpha=job.lora_alpha, target_modules=job.lora_target_modules,
-                                 task_type="CAUSAL_LM")
     trainer = AttnGRPOTrainer(
         model=model, reward_funcs=task_rewards(job.task, job.reward_names), args=args, train_dataset=train_set,
-        processing_class=tokenizer, peft_config=peft_config,
+        processing_class=tokenizer, peft_config=lora_config(job),
     )
     t0 = time.time()
     trainer.train()
-    train_seconds = time.time() - t0
-    adapter_dir = out_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
+    seconds = time.time() - t0
+    trainer.save_model(str(out_dir / "adapter"))
 
     after = evaluate(trainer.model, "held-out accuracy (trained)")
-    results = {
-        "model": job.model_name_or_path,
-        "task": job.task,
-        "credit_strategy": args.credit_strategy,
-        "eval_size": len(eval_set),
-        "accuracy_before": None if before is None else before.accuracy,
-        "accuracy_after": after.accuracy,
-        "train_steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 1),
-        "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step), 2),
-        "adapter_dir": str(adapter_dir),
-        "job": asdict(job),
-    }
+    results = job_results(job, args, trainer, before, after, seconds, trainer.state.global_step)
     write_report(report_dir, results, trainer, tokenizer, after, args)
     return results
 
 
-def write_report(report_dir: Path, results: dict, trainer, tokenizer, after, args: AttnGRPOConfig) -> None:
-    """results.json, report.md (table), reward_curve.png, rhythm.png/.html of one held-out response, eval records."""
+def results_table(results: dict) -> str:
+    """Markdown before/after table of a job's results."""
+    before = results["accuracy_before"]
+    return "\n".join([
+        "| model | held-out accuracy (greedy) |",
+        "|---|---|",
+        f"| base {results['model']} | {'—' if before is None else f'{100 * before:.1f}%'} |",
+        f"| + {results.get('trainer', 'AttnGRPO')} ({results['credit_strategy']}, {results['train_steps']} steps) | "
+        f"{100 * results['accuracy_after']:.1f}% |",
+    ])
+
+
+def write_report(report_dir: Path, results: dict, trainer, tokenizer, after: EvalResult, args) -> None:
+    """results.json, report.md (table), reward_curve.png, rhythm.png/.html of one held-out response, eval records.
+
+    ``args`` supplies the credit settings of the rhythm figure (a CreditConfig or a trainer config).
+    """
     (report_dir / "results.json").write_text(json.dumps(results, indent=2))
     (report_dir / "eval_after.jsonl").write_text("\n".join(json.dumps(r) for r in after.records))
     (report_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     plot_reward_curve(trainer.state.log_history, report_dir / "reward_curve.png")
+    table = results_table(results)
+    figures = "![reward curve](reward_curve.png)\n"
 
-    sample = next((r for r in after.records if r["correct"] and len(r["completion"]) > 1), after.records[0])
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    analysis_config = args if args.credit_strategy != "uniform" else AttnGRPOConfig(output_dir=str(report_dir),
-                                                                                   use_cpu=True, bf16=False)
-    analysis = analyze_response(model, tokenizer, sample["prompt"], sample["completion"], analysis_config)
-    title = f"{results['task']}: {sample['prompt'][-1]['content']}"
-    plot_rhythm(analysis, report_dir / "rhythm.png", title=title)
-    (report_dir / "rhythm.html").write_text(rhythm_html(analysis, title=title))
+    sample = next((r for r in after.records if r["correct"] and len(r["completion"]) > 1),
+                  next((r for r in after.records if r["completion"]), None))
+    if sample is not None:  # draw one held-out response with its preplan/anchor tokens
+        credit = args if args.credit_strategy in ("local_chunk", "global_anchor", "coupled") else CreditConfig()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        analysis = analyze_response(model, tokenizer, sample["prompt"], sample["completion"], credit)
+        title = f"{results['task']}: {sample['prompt'][-1]['content']}"
+        plot_rhythm(analysis, report_dir / "rhythm.png", title=title)
+        (report_dir / "rhythm.html").write_text(rhythm_html(analysis, title=title))
+        figures += "\n![attention rhythm](rhythm.png)\n"
 
-    before = results["accuracy_before"]
-    rows = [
-        "| model | held-out accuracy (greedy) |",
-        "|---|---|",
-        f"| base {results['model']} | {'—' if before is None else f'{100 * before:.1f}%'} |",
-        f"| + AttnGRPO ({results['credit_strategy']}, {results['train_steps']} steps) | "
-        f"{100 * results['accuracy_after']:.1f}% |",
-    ]
-    table = "\n".join(rows)
     (report_dir / "report.md").write_text(
         f"# Run report\n\n{table}\n\n{results['eval_size']} held-out {results['task']} problems; training took "
-        f"{results['train_seconds']} s ({results['seconds_per_step']} s/step).\n\n"
-        "![reward curve](reward_curve.png)\n\n![attention rhythm](rhythm.png)\n"
+        f"{results['train_seconds']} s ({results['seconds_per_step']} s/step).\n\n{figures}"
     )
     print("\n" + table + "\n")

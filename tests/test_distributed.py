@@ -1,0 +1,180 @@
+"""Ray: DDP training in Ray Train workers (identical weights, one adapter, resume after a killed worker) and the
+reward actor pool (hung, raising and crashing reward functions). One real local Ray cluster for the module."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from attnrl.distributed import RayArguments, RewardActorPool, launch
+from attnrl.recipes.grpo import GRPOJobArguments
+from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
+from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local 3-CPU cluster; this module's functions travel by value, so Ray workers never import it (slow)."""
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_causal_lm("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def digit_reward(completions, **kwargs):
+    """Digits in each completion: varies across random completions, so the tiny model gets gradients."""
+    return [float(sum(ch.isdigit() for ch in c[0]["content"])) for c in completions]
+
+
+def flaky_reward(completions, mode, **kwargs):
+    """Hangs, raises or kills its process for the rows marked so; else scores like digit_reward."""
+    if "hang" in mode:
+        time.sleep(3600)
+    if "crash" in mode:
+        os._exit(1)
+    if "raise" in mode:
+        raise RuntimeError("verifier exploded")
+    return digit_reward(completions)
+
+
+class StepLog(TrainerCallback):
+    """Rank 0 appends '<pid> <global_step>' to ``path`` after each optimizer step."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.process_index == 0:
+            with open(self.path, "a") as f:
+                f.write(f"{os.getpid()} {state.global_step}\n")
+
+
+class KillRankOnce(TrainerCallback):
+    """Rank 1 dies (os._exit) before step ``after_step + 1``, on the first attempt only (``marker`` file), once
+    Ray Train has committed checkpoint ``after_step``."""
+
+    def __init__(self, marker, after_step):
+        self.marker, self.after_step = marker, after_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.process_index == 1 and state.global_step == self.after_step and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            os._exit(1)
+
+
+def _job(model_path):
+    return GRPOJobArguments(model_name_or_path=model_path, train_size=16, eval_size=4, eval_max_new_tokens=4,
+                            lora_r=4, lora_alpha=8)
+
+
+def _args(output_dir, **kw):
+    base = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        learning_rate=1e-3, bf16=False, use_cpu=True, report_to=[], logging_steps=1, save_strategy="steps",
+        save_steps=1, credit_fai_lo=1, credit_fai_hi=6, credit_window=3, seed=0, disable_tqdm=True,
+    )
+    return AttnGRPOConfig(**{**base, **kw})
+
+
+def _ray_checkpoints(storage: Path) -> list[Path]:
+    return sorted(p for p in storage.glob("*/checkpoint_*") if p.is_dir())
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_train_identical_lora_save_one_adapter_and_score_in_actors(ray_cluster, tiny_model_path, tmp_path):
+    ray_args = RayArguments(num_workers=2, max_failures=0, storage_path=str(tmp_path / "storage"), reward_actors=1)
+    results = launch(_job(tiny_model_path), _args(tmp_path / "run", max_steps=2, save_strategy="no"), ray_args,
+                     reward_funcs=[digit_reward])
+
+    assert results["num_workers"] == 2 and results["train_steps"] == 2
+    hashes = results["trainable_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    adapters = list((tmp_path / "storage").rglob("adapter_model.safetensors"))
+    assert len(adapters) == 1 and adapters[0].parent.name == "adapter"  # saved once, by rank 0
+    lora_b = [w for name, w in load_file(adapters[0]).items() if "lora_B" in name]
+    assert any(w.abs().sum() > 0 for w in lora_b), "the LoRA weights did not train"
+    local = tmp_path / "run"  # the driver's copy of the final checkpoint
+    assert (local / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((local / "report" / "results.json").read_text())["trainable_sha256"] == hashes
+    log = json.loads((local / "report" / "log_history.json").read_text())
+    assert [e["reward_pool/digit_reward/failures"] for e in log if "loss" in e] == [0.0, 0.0]  # scored in actors
+    assert results["accuracy_before"] is not None and "accuracy_after" in results
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_and_resumes_without_lost_or_repeated_steps(ray_cluster, tiny_model_path, tmp_path):
+    steps_file = tmp_path / "steps.txt"
+    ray_args = RayArguments(num_workers=2, max_failures=1, num_to_keep=2, storage_path=str(tmp_path / "storage"))
+    results = launch(
+        _job(tiny_model_path), _args(tmp_path / "run", max_steps=4), ray_args, reward_funcs=[digit_reward],
+        callbacks=[StepLog(str(steps_file)), KillRankOnce(str(tmp_path / "killed"), after_step=2)],
+    )
+
+    assert (tmp_path / "killed").exists()
+    pids, steps = zip(*(line.split() for line in steps_file.read_text().splitlines()))
+    assert [int(s) for s in steps] == [1, 2, 3, 4]  # each optimizer step exactly once
+    assert pids[0] == pids[1] != pids[2] == pids[3]  # steps 3-4 ran in the restarted worker group
+    assert results["train_steps"] == 4 and results["trainable_sha256"][0] == results["trainable_sha256"][1]
+
+    trained = [c / "checkpoint" for c in _ray_checkpoints(tmp_path / "storage") if (c / "checkpoint").exists()]
+    assert len(trained) == 1  # num_to_keep=2: the final checkpoint and the step-4 one
+    state = json.loads((trained[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert {p.name for p in trained[0].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    optimizer = torch.load(trained[0] / "optimizer.pt", weights_only=False)
+    assert {int(s["step"]) for s in optimizer["state"].values()} == {4}  # 2 before the kill + 2 after resuming
+
+
+def test_reward_pool_bounds_time_and_counts_hangs_crashes_and_errors(ray_cluster):
+    completions = [[{"role": "assistant", "content": f"{i} and 7"}] for i in range(8)]
+    modes = ["ok", "ok", "hang", "hang", "raise", "ok", "crash", "crash"]
+    logged = {}
+    with RewardActorPool(flaky_reward, num_actors=4, timeout_s=5.0) as pool:
+        start = time.monotonic()
+        rewards = pool.reward_funcs[0](prompts=["p"] * 8, completions=completions, mode=modes,
+                                       trainer_state=object(), log_metric=logged.__setitem__)
+        assert time.monotonic() - start < 5.0 + 30.0  # the deadline, plus replacing two actors
+        assert rewards == [2.0, 2.0, None, None, None, 2.0, None, None]
+        assert pool.stats.snapshot() == {"calls": 1, "completions": 8, "failures": 5, "timeouts": 2, "crashes": 2,
+                                         "errors": 1, "restarts": 2}
+        assert logged["reward_pool/flaky_reward/failures"] == 5.0
+        assert pool.reward_funcs[0](prompts=["p"] * 2, completions=completions[:2], mode=["ok", "ok"]) == [2.0, 2.0]
+
+
+@pytest.mark.slow
+def test_training_survives_hung_and_raising_rewards_and_logs_the_failures(ray_cluster, tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"add {i} and 1"}], "mode": mode}
+            for i, mode in enumerate(["ok", "hang", "ok", "raise"])]
+    with RewardActorPool(flaky_reward, num_actors=2, timeout_s=3.0) as pool:
+        trainer = AttnGRPOTrainer(
+            model=tiny_causal_lm("llama"), reward_funcs=pool.reward_funcs, processing_class=tiny_tokenizer(),
+            args=_args(tmp_path, per_device_train_batch_size=4, num_generations=2, max_steps=2, save_strategy="no"),
+            train_dataset=Dataset.from_list(rows),
+        )
+        trainer.train()
+        stats = pool.stats.snapshot()
+
+    assert trainer.state.global_step == 2
+    assert stats["timeouts"] == 2 and stats["errors"] == 2 and stats["restarts"] == 1
+    logged = [e for e in trainer.state.log_history if "reward_pool/flaky_reward/failures" in e]
+    assert sum(e["reward_pool/flaky_reward/failures"] for e in logged) > 0
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
