@@ -87,10 +87,12 @@ class CreditAssigner:
     ) -> dict[int, AttentionStats]:
         """Statistics of ``self.layers`` over full sequences (B, H, T), computed in micro-batches.
 
-        The forward stops after the last selected layer, so the rest of the network is never run.
+        The forward stops after the last selected layer, so the rest of the network is never run. Text batches
+        are split into ``batch_size`` rows; vision-language batches (``pixel_values``) run whole.
         """
         B = input_ids.shape[0]
-        batch_size = batch_size or B
+        # image tensors are indexed by image patch, not by row: vision-language batches go in one forward
+        batch_size = B if (batch_size is None or "pixel_values" in forward_kwargs) else batch_size
         parts: list[dict[int, AttentionStats]] = []
         for i in range(0, B, batch_size):
             sl = slice(i, i + batch_size)

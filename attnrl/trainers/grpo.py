@@ -107,6 +107,6 @@ class AttnGRPOTrainer(GRPOTrainer):
         mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
         _, entropies, _ = self._get_per_token_logps_and_entropies(
             self.model, ids, mask, output["completion_ids"].shape[1], batch_size=batch_size, compute_entropy=True,
-            **{k: output[k] for k in _MULTIMODAL_KEYS if k in output},
+            num_images=output.get("num_images"), **{k: output[k] for k in _MULTIMODAL_KEYS if k in output},
         )
         return entropies
