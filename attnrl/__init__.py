@@ -1,6 +1,7 @@
 """attnrl: RL fine-tuning with attention-aware credit assignment.
 
-Main entry points: :class:`attnrl.AttnGRPOTrainer` / :class:`attnrl.AttnGRPOConfig` (drop-in for trl's GRPO).
+Main entry points: :class:`attnrl.AttnGRPOTrainer` / :class:`attnrl.AttnGRPOConfig` (drop-in for trl's GRPO) and
+:class:`attnrl.AttnPPOTrainer` / :class:`attnrl.AttnPPOConfig` (PPO with a critic, GAE and the same credit).
 """
 
 __version__ = "0.1.0"
@@ -8,6 +9,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "AttnGRPOTrainer": "attnrl.trainers.grpo",
     "AttnGRPOConfig": "attnrl.trainers.grpo",
+    "AttnPPOTrainer": "attnrl.trainers.ppo",
+    "AttnPPOConfig": "attnrl.trainers.ppo",
     "CreditConfig": "attnrl.credit.config",
 }
 

@@ -33,12 +33,17 @@ from trl import TrlParser
 from attnrl.models.default import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model_path
 from attnrl.publish import publish
 from attnrl.recipes.grpo import GRPOJobArguments, run_grpo_job
+from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
 from attnrl.trainers.grpo import AttnGRPOConfig
+from attnrl.trainers.ppo import AttnPPOConfig
 
 logger = logging.getLogger(__name__)
 
 # recipe name -> (job dataclass, trainer config dataclass, run(job, config) -> results dict)
-RECIPES = {"grpo": (GRPOJobArguments, AttnGRPOConfig, run_grpo_job)}
+RECIPES = {
+    "grpo": (GRPOJobArguments, AttnGRPOConfig, run_grpo_job),
+    "ppo": (PPOJobArguments, AttnPPOConfig, run_ppo_job),
+}
 RESOLVED_CONFIG = "train_config.yaml"  # written into output_dir by `train`: the fields the user set, as parsed
 
 

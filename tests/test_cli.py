@@ -110,8 +110,21 @@ def test_yaml_recipe_key_selects_the_recipe_and_overrides_reach_both_dataclasses
     assert (job.model_name_or_path, job.lora_r, job.eval_size) == ("not/loaded", 2, 4)
     assert (args.max_steps, args.credit_strategy, args.num_generations) == (3, "global_anchor", 4)
     assert yaml.safe_load((tmp_path / "run" / cli.RESOLVED_CONFIG).read_text())["recipe"] == "fake"
-    with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown; available: \['fake', 'grpo'\]"):
+    with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown \(did you mean 'ppo'\?\); available: "
+                                              r"\['fake', 'grpo', 'ppo'\]"):
         cli.train(config, recipe="ppp")
+
+
+def test_ppo_recipe_parses_its_own_config_fields(tmp_path, monkeypatch):
+    calls = []
+    job_cls, config_cls, _ = cli.RECIPES["ppo"]
+    monkeypatch.setitem(cli.RECIPES, "ppo", (job_cls, config_cls, lambda j, a: calls.append((j, a))))
+    config = write_yaml(tmp_path / "c.yaml", recipe="ppo", model_name_or_path="not/loaded", critic_mode="shared",
+                        output_dir=str(tmp_path / "run"), use_cpu=True, max_steps=2)
+    cli.train(config, ["--vf_coef", "0.3", "--credit_strategy", "local_chunk"])
+    (job, args), = calls
+    assert type(args).__name__ == "AttnPPOConfig"
+    assert (args.critic_mode, args.vf_coef, args.credit_strategy) == ("shared", 0.3, "local_chunk")
 
 
 def test_a_recipe_whose_dataclasses_share_a_field_is_refused(tmp_path, monkeypatch):

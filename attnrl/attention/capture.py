@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +63,7 @@ class StatisticsCapture:
     stop_after_last_layer: bool = False
     on_complete: Callable[[StatisticsCapture], None] | None = None
     stats: dict[int, AttentionStats] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time spent computing statistics inside the forward
 
     @property
     def complete(self) -> bool:
@@ -90,6 +92,7 @@ def _capturing_sdpa(module, query, key, value, attention_mask, *args, **kwargs):
     if layer in cap.stats:
         raise CaptureError(f"layer {layer} was recorded twice in one capture context; use one forward per context")
     scaling = kwargs.get("scaling", args[1] if len(args) > 1 else None)
+    start = time.perf_counter()
     cap.stats[layer] = attention_statistics(
         query.detach(),
         key.detach(),
@@ -101,6 +104,7 @@ def _capturing_sdpa(module, query, key, value, attention_mask, *args, **kwargs):
         key_masks=cap.key_masks,
         backend=cap.backend,
     )
+    cap.seconds += time.perf_counter() - start
     if cap.complete:
         if cap.on_complete is not None:
             with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -148,14 +149,18 @@ class CreditAssigner:
         """Take the statistics from a forward the caller runs anyway over [prompt; completion] (the loss forward).
 
         ``on_result`` receives the CreditResult inside that forward, right after the last analysed layer, i.e.
-        before the caller's loss reads the advantages. Only exact when the forward's weights are the rollout
+        before the caller's loss reads the advantages; its ``credit/seconds`` metric counts only the extra work. Only exact when the forward's weights are the rollout
         policy's (the trainer checks this).
         """
         mask = torch.cat([prompt_mask, completion_mask], 1)
         resp = torch.full((mask.shape[0],), prompt_mask.shape[1], device=mask.device)
 
         def done(cap):
-            on_result(self.from_statistics(cap.stats, prompt_mask, completion_mask))
+            start = time.perf_counter()
+            result = self.from_statistics(cap.stats, prompt_mask, completion_mask)
+            # the forward itself is the caller's: only the statistics and the weights are extra work
+            result.metrics["credit/seconds"] = cap.seconds + time.perf_counter() - start
+            on_result(result)
 
         with capture_statistics(model, self.layers, mask, resp, self.spec, backend=self.config.credit_backend,
                                 on_complete=done):

@@ -105,8 +105,8 @@ def job_results(job, args, trainer, before: float | None, after: EvalResult, sec
     }
 
 
-def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
-    """Run the whole job; returns (and writes to ``args.output_dir``/report) the results dictionary."""
+def run_job(job: GRPOJobArguments, args, trainer_cls, algorithm: str) -> dict:
+    """The job's steps with any attnrl trainer class taking TRL's constructor arguments (GRPO, PPO)."""
     job.validate()
     args.validate_credit()
     out_dir = Path(args.output_dir)
@@ -122,7 +122,7 @@ def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
     if before is not None:
         logger.info("base model held-out accuracy: %.1f%%", 100 * before)
 
-    trainer = AttnGRPOTrainer(
+    trainer = trainer_cls(
         model=model, reward_funcs=task_rewards(job.task, job.reward_names), args=args, train_dataset=train_set,
         processing_class=tokenizer, peft_config=lora_config(job),
     )
@@ -132,9 +132,17 @@ def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
     trainer.save_model(str(out_dir / "adapter"))
 
     after = evaluate(trainer.model, "held-out accuracy (trained)")
-    results = job_results(job, args, trainer, before, after, seconds, trainer.state.global_step)
+    results = {"algorithm": algorithm, **job_results(job, args, trainer, before, after, seconds, trainer.state.global_step)}
     write_report(report_dir, results, trainer, tokenizer, after, args)
     return results
+
+
+def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:
+    """The main job with AttnGRPOTrainer; returns (and writes to ``args.output_dir``/report) the results."""
+    return run_job(job, args, AttnGRPOTrainer, "grpo")
+
+
+_TRAINER_LABELS = {"grpo": "AttnGRPO", "ppo": "AttnPPO"}
 
 
 def results_table(results: dict) -> str:
@@ -144,7 +152,8 @@ def results_table(results: dict) -> str:
         "| model | held-out accuracy (greedy) |",
         "|---|---|",
         f"| base {results['model']} | {'—' if before is None else f'{100 * before:.1f}%'} |",
-        f"| + {results.get('trainer', 'AttnGRPO')} ({results['credit_strategy']}, {results['train_steps']} steps) | "
+        f"| + {_TRAINER_LABELS.get(results.get('algorithm'), 'attnrl')} ({results['credit_strategy']}, "
+        f"{results['train_steps']} steps) | "
         f"{100 * results['accuracy_after']:.1f}% |",
     ])
 

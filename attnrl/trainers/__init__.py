@@ -1,3 +1,4 @@
 from .grpo import AttnGRPOConfig, AttnGRPOTrainer
+from .ppo import AttnPPOConfig, AttnPPOTrainer
 
-__all__ = ["AttnGRPOConfig", "AttnGRPOTrainer"]
+__all__ = ["AttnGRPOConfig", "AttnGRPOTrainer", "AttnPPOConfig", "AttnPPOTrainer"]

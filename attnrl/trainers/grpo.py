@@ -82,21 +82,21 @@ class AttnGRPOTrainer(GRPOTrainer):
         if not self._statistics_from_loss_forward(inputs):
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
-        start = time.perf_counter()
 
         def on_result(result: CreditResult) -> None:  # runs inside the forward, before the loss reads advantages
-            self._apply_credit(inputs, result, mode, time.perf_counter() - start)
+            self._apply_credit(inputs, result, mode)
 
         with self.credit.capture_during_forward(self.accelerator.unwrap_model(model), inputs["prompt_mask"],
                                                 inputs["completion_mask"], on_result):
             return super()._compute_loss(model, inputs)
 
-    def _apply_credit(self, batch: dict, result: CreditResult, mode: str, seconds: float) -> None:
-        """advantages (B,) -> (B, Tc) = gamma * A in ``batch``; log the credit metrics."""
+    def _apply_credit(self, batch: dict, result: CreditResult, mode: str, seconds: float | None = None) -> None:
+        """advantages (B,) -> (B, Tc) = gamma * A in ``batch``; log the credit metrics (``seconds``: extra time)."""
         batch["advantages"] = shape_advantages(
             batch["advantages"], result.gamma, batch["completion_mask"].bool(), self.credit_config.credit_sign_mode
         )
-        result.metrics["credit/seconds"] = seconds
+        if seconds is not None:
+            result.metrics["credit/seconds"] = seconds
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(value)
         self.last_credit = result

@@ -1,0 +1,620 @@
+"""AttnPPOTrainer: PPO with a learned critic, GAE and attention-aware token credit (TRL has no PPO any more).
+
+One training step (:meth:`AttnPPOTrainer.train`), top to bottom:
+
+1. rollout: sample ``per_device_train_batch_size / num_generations`` prompts, generate ``num_generations``
+   completions each (left-padded prompts, sampling at ``temperature`` with no top-k/top-p so the sampler is the
+   policy whose log-probs are trained), score them with the reward functions (TRL signature);
+2. rollout statistics under no grad: old log-probs, reference log-probs (peft: the adapter disabled; otherwise a
+   frozen copy; skipped when ``kl_coef == 0``), values, and gamma_t from :class:`CreditAssigner` on the rollout
+   policy (detached);
+3. advantages: outcome score at the last response token minus ``kl_coef * KL`` per token, GAE, optional masked
+   whitening, then multiplied by gamma_t (METHODS.md §1.3) — so the 'uniform' strategy is plain PPO;
+4. ``num_ppo_epochs`` passes over ``num_mini_batches`` shuffled mini-batches, one optimizer step each, on
+   ``policy_loss + vf_coef * value_loss`` (clipped surrogate, clipped value loss; :mod:`attnrl.algos.ppo_core`).
+
+Devices and processes are handled in one place (``_setup_devices``, ``_average_gradients``, ``_reduce_metrics``):
+an ``accelerate.Accelerator`` picks the device and joins a torch.distributed group that is already initialised
+(a Ray Train worker); each process samples its own prompts and gradients are averaged by hand, so generation and
+adapter switching never go through a DDP wrapper.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, TrainerState, TrainingArguments, get_scheduler, set_seed
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from trl.trainer.utils import get_callable_name
+
+from attnrl.algos import ppo_core
+from attnrl.credit.assigner import CreditAssigner, CreditResult
+from attnrl.credit.config import CreditConfig
+from attnrl.credit.heads import HeadProfile
+from attnrl.credit.strategies import shape_advantages
+
+CRITIC_MODES = ("separate", "shared")
+CRITIC_DIR = "critic"
+VALUE_HEAD_FILE = "value_head.safetensors"
+TRAINING_STATE_FILE = "training_state.pt"
+RNG_STATE_FILE = "rng_state_{rank}.pt"
+
+
+@dataclass
+class AttnPPOConfig(TrainingArguments, CreditConfig):
+    """``transformers.TrainingArguments`` + PPO settings + the ``credit_*`` fields of :class:`CreditConfig`.
+
+    Honoured TrainingArguments fields: output_dir, max_steps (rollout steps), per_device_train_batch_size
+    (completions per rollout step and process), learning_rate (policy), lr_scheduler_type, warmup_steps,
+    weight_decay, adam_beta1/2, adam_epsilon, max_grad_norm (policy and critic clipped separately), logging_steps,
+    save_strategy ("no" or "steps") + save_steps, seed, use_cpu, bf16 (autocast), disable_tqdm. Credit statistics
+    always come from a separate no-grad forward of the rollout policy (``credit_stats_pass`` does not apply).
+    """
+
+    num_generations: int = field(
+        default=4, metadata={"help": "Completions sampled per prompt; per_device_train_batch_size must be a multiple."}
+    )
+    max_completion_length: int = field(default=64, metadata={"help": "Maximum generated tokens per completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs use the same one)."})
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weight of each reward function in the score (default: all 1)."}
+    )
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Mini-batches per pass (one optimizer step each); must divide the batch."}
+    )
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip: V stays within ± this of V_old."})
+    vf_coef: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the value loss in the total loss (what it trades off against the policy loss "
+                  "in 'shared' mode; in 'separate' mode it only scales the critic's gradients)."},
+    )
+    gamma: float = field(
+        default=1.0, metadata={"help": "GAE discount per token (not the credit weight gamma_t, see credit_*)."}
+    )
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    kl_coef: float = field(
+        default=0.05,
+        metadata={"help": "Per-token KL penalty to the reference policy (initial weights; peft: adapter disabled), "
+                  "subtracted from the token rewards. 0 skips the reference forward."},
+    )
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Whiten GAE advantages over the batch's tokens before gamma_t is applied."}
+    )
+    critic_mode: str = field(
+        default="separate",
+        metadata={"help": "'separate': a copy of the base model's backbone + scalar value head, with its own LoRA "
+                  "(same peft_config), trained only by the value loss. 'shared': a value head on the policy's last "
+                  "hidden state; the value loss (times vf_coef) trains the head AND the policy's LoRA (or weights), "
+                  "one forward gives log-probs and values."},
+    )
+    critic_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the critic (value head + critic LoRA); None: learning_rate."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.validate_credit()
+        self.validate_ppo()
+
+    def validate_ppo(self) -> None:
+        """Raise ValueError naming the bad field and the fix."""
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps={self.max_steps}: AttnPPOTrainer counts rollout steps; set max_steps > 0")
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 1")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} counts completions and must be a "
+                f"multiple of num_generations={self.num_generations}"
+            )
+        if self.num_mini_batches < 1 or self.per_device_train_batch_size % self.num_mini_batches:
+            raise ValueError(
+                f"num_mini_batches={self.num_mini_batches} must be >= 1 and divide per_device_train_batch_size="
+                f"{self.per_device_train_batch_size}"
+            )
+        if self.num_ppo_epochs < 1:
+            raise ValueError(f"num_ppo_epochs={self.num_ppo_epochs} must be >= 1")
+        if self.critic_mode not in CRITIC_MODES:
+            raise ValueError(f"critic_mode={self.critic_mode!r}; use one of {CRITIC_MODES}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"gamma={self.gamma}, lam={self.lam}: both must lie in [0, 1]")
+        if self.cliprange <= 0 or self.cliprange_value <= 0:
+            raise ValueError(f"cliprange={self.cliprange}, cliprange_value={self.cliprange_value} must be > 0")
+        if self.kl_coef < 0 or self.vf_coef < 0:
+            raise ValueError(f"kl_coef={self.kl_coef}, vf_coef={self.vf_coef} must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (PPO samples; use evaluation for greedy)")
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length={self.max_completion_length} must be >= 1")
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} is not supported; one mini-batch "
+                "is one optimizer step — set num_mini_batches instead"
+            )
+        if self.save_strategy not in ("no", "steps"):
+            raise ValueError(f"save_strategy={self.save_strategy!r}: AttnPPOTrainer supports 'no' or 'steps'")
+
+
+@dataclass
+class Rollout:
+    """One rollout batch and everything PPO needs from it. Token tensors are (B, Tc) over completion positions."""
+
+    prompt_ids: torch.Tensor  # (B, Tp) left-padded
+    prompt_mask: torch.Tensor  # (B, Tp)
+    completion_ids: torch.Tensor  # (B, Tc) right-padded
+    completion_mask: torch.Tensor  # (B, Tc) 1 up to and including the first EOS
+    loss_mask: torch.Tensor  # (B, Tc) bool: completion_mask of rows some reward function scored
+    scores: torch.Tensor  # (B,) weighted sum of rewards
+    logprobs: torch.Tensor  # rollout policy log-probs (nats)
+    ref_logprobs: torch.Tensor | None
+    values: torch.Tensor  # V(s_t), the state before token t
+    rewards: torch.Tensor  # per-token rewards (score at the last token, minus the KL penalty)
+    returns: torch.Tensor
+    advantages: torch.Tensor  # GAE (whitened if configured) times gamma
+    gamma: torch.Tensor  # credit weights gamma_t (1 on padding)
+    entropy: torch.Tensor  # per-token policy entropy (nats)
+
+    def select(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-row tensors of a mini-batch."""
+        names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "loss_mask", "logprobs", "values",
+                 "returns", "advantages")
+        return {n: getattr(self, n)[rows] for n in names}
+
+
+class AttnPPOTrainer:
+    """PPO with a critic, GAE and preplan/anchor (or any registered) token credit.
+
+    Args mirror ``trl.GRPOTrainer``: ``model`` (a causal LM or a path / :data:`attnrl.models.DEFAULT_MODEL`),
+    ``reward_funcs`` (callables ``(prompts, completions, **columns) -> list[float | None]``), ``args``
+    (:class:`AttnPPOConfig`), ``train_dataset`` (a ``prompt`` column, conversational or text; other columns go to
+    the rewards), ``processing_class`` (tokenizer), ``peft_config`` (LoRA for the policy and a separate critic).
+    """
+
+    def __init__(self, model, reward_funcs, args: AttnPPOConfig, train_dataset, processing_class=None,
+                 peft_config=None):
+        args.validate_credit()
+        args.validate_ppo()
+        self.args = args
+        set_seed(args.seed)
+        if isinstance(model, str):
+            from attnrl.models import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(model)
+            processing_class = processing_class or tokenizer
+        if processing_class is None:
+            raise ValueError("processing_class (the tokenizer) is required when model is a PreTrainedModel")
+        self.processing_class = processing_class
+        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_names = [get_callable_name(f) for f in self.reward_funcs]
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward_funcs")
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        if "prompt" not in train_dataset.column_names:
+            raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
+        self.train_dataset = train_dataset
+
+        self.model, self.ref_model, self.critic, self.value_head = self._build_models(model, peft_config)
+        self._setup_devices()
+        self.credit = CreditAssigner(args, self.model)
+        self.last_credit: CreditResult | None = None
+        self.last_rollout: Rollout | None = None
+        self.optimizer, self.lr_scheduler = self._build_optimizer()
+        self.eos_token_id = processing_class.eos_token_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_k=0,
+            top_p=1.0, pad_token_id=processing_class.pad_token_id, eos_token_id=self.eos_token_id,
+        )
+        self.state = TrainerState(max_steps=args.max_steps, logging_steps=self._every(args.logging_steps),
+                                  save_steps=self._every(args.save_steps), log_history=[])
+        self._pending_metrics: list[dict[str, float]] = []  # one dict per step since the last log entry
+        self._step_metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    def _build_models(self, model: PreTrainedModel, peft_config):
+        """(policy, reference or None, critic backbone or None, value head)."""
+        args = self.args
+        hidden = model.config.get_text_config().hidden_size
+        critic = None
+        if args.critic_mode == "separate":
+            critic = copy.deepcopy(model.base_model)  # the backbone only: no LM head
+            if peft_config is not None:
+                critic = get_peft_model(critic, replace(peft_config, task_type=None))
+        ref = None
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)  # reference = the same model with the adapter disabled
+        elif args.kl_coef > 0:
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+        value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(value_head.weight)  # V = 0 at the start; deterministic
+        nn.init.zeros_(value_head.bias)
+        return model, ref, critic, value_head
+
+    def _setup_devices(self) -> None:
+        """The one place that knows about devices and processes (single CPU/GPU, or torch.distributed ranks)."""
+        mixed = "bf16" if self.args.bf16 else "no"
+        self.accelerator = Accelerator(cpu=self.args.use_cpu, mixed_precision=mixed)
+        device = self.accelerator.device
+        for module in (self.model, self.ref_model, self.critic, self.value_head):
+            if module is not None:
+                module.to(device)
+
+    def _set_training(self, training: bool) -> None:
+        """Train (update) or eval (rollout) mode for the policy and critic; the reference stays in eval."""
+        for module in (self.model, self.critic, self.value_head):
+            if module is not None:
+                module.train(training)
+
+    def _policy_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _critic_parameters(self) -> list[nn.Parameter]:
+        backbone = [] if self.critic is None else [p for p in self.critic.parameters() if p.requires_grad]
+        return backbone + list(self.value_head.parameters())
+
+    def _build_optimizer(self):
+        args = self.args
+        critic_lr = args.critic_learning_rate if args.critic_learning_rate is not None else args.learning_rate
+        optimizer = torch.optim.AdamW(
+            [{"params": self._policy_parameters(), "lr": args.learning_rate},
+             {"params": self._critic_parameters(), "lr": critic_lr}],
+            betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, weight_decay=args.weight_decay,
+        )
+        total = args.max_steps * args.num_ppo_epochs * args.num_mini_batches
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(total),
+                                  num_training_steps=total)
+        return optimizer, scheduler
+
+    def _every(self, interval: float) -> int:
+        """A TrainingArguments interval in steps (a value below 1 is a fraction of max_steps)."""
+        return max(1, math.ceil(interval * self.args.max_steps) if interval < 1 else int(interval))
+
+    # ------------------------------------------------------------------------------------------ training loop
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Run PPO until ``max_steps`` rollout steps; ``resume_from_checkpoint`` continues a saved run exactly."""
+        if resume_from_checkpoint:
+            path = resume_from_checkpoint
+            if path is True:
+                path = get_last_checkpoint(self.args.output_dir)
+                if path is None:
+                    raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint-*")
+            self._load_checkpoint(Path(path))
+        bar = tqdm(total=self.args.max_steps, initial=self.state.global_step, desc="PPO",
+                   disable=self.args.disable_tqdm or not self.accelerator.is_main_process)
+        start, losses = time.time(), []
+        while self.state.global_step < self.args.max_steps:
+            t0 = time.perf_counter()
+            rollout = self.make_rollout(self._next_prompts())
+            self.ppo_update(rollout)
+            self._step_metrics["step_seconds"].append(time.perf_counter() - t0)
+            self.state.global_step += 1
+            metrics = self._finish_step()
+            losses.append(metrics["loss/policy"] + self.args.vf_coef * metrics["loss/value"])
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", vf=f"{metrics['loss/value']:.3f}")
+            if self.args.save_strategy == "steps" and self.state.global_step % self.state.save_steps == 0:
+                self.save_model(str(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"))
+        bar.close()
+        runtime = time.time() - start
+        return TrainOutput(self.state.global_step, float(np.mean(losses)) if losses else float("nan"),
+                           {"train_runtime": runtime})
+
+    def _next_prompts(self) -> list[dict]:
+        """This process's prompts for the current step: a seeded permutation per pass over the dataset, so the
+        sequence is a pure function of (seed, step, rank) and resumes exactly."""
+        n_prompts = self.args.per_device_train_batch_size // self.args.num_generations
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        first = (self.state.global_step * world + rank) * n_prompts
+        n = len(self.train_dataset)
+        rows, perms = [], {}
+        for k in range(first, first + n_prompts):
+            data_epoch = k // n
+            if data_epoch not in perms:
+                perms[data_epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + data_epoch))
+            rows.append(self.train_dataset[int(perms[data_epoch][k % n])])
+        return rows
+
+    # ------------------------------------------------------------------------------------------ rollout
+
+    @torch.no_grad()
+    def make_rollout(self, rows: list[dict]) -> Rollout:
+        """Generate, score, and compute log-probs, values, credit weights and advantages for ``rows``."""
+        args, device = self.args, self.accelerator.device
+        self._set_training(False)
+        rows = [row for row in rows for _ in range(args.num_generations)]
+        prompts = [row["prompt"] for row in rows]
+        prompt_ids, prompt_mask, completion_ids, completion_mask = self._generate(prompts)
+        scores, scored = self._score(rows, prompts, completion_ids, completion_mask)
+        loss_mask = completion_mask.bool() & scored[:, None]
+
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        mask = torch.cat([prompt_mask, completion_mask], 1)
+        logprobs, entropy, values = self._batched_forward(self.model, ids, mask, completion_ids.shape[1], values=True)
+        ref_logprobs = kl = None
+        if args.kl_coef > 0:
+            ref_logprobs = self._reference_logprobs(ids, mask, completion_ids.shape[1])
+            kl = ppo_core.kl_penalty(logprobs, ref_logprobs, loss_mask)
+        t0 = time.perf_counter()
+        credit = self.credit.assign(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                    entropy=entropy, batch_size=self._mini_batch_size())
+        credit.metrics["credit/seconds"] = time.perf_counter() - t0
+
+        rewards = ppo_core.token_rewards(scores, loss_mask, kl, args.kl_coef)
+        advantages, returns = ppo_core.compute_gae(rewards, values, loss_mask, args.gamma, args.lam)
+        if args.whiten_advantages:
+            advantages = ppo_core.masked_whiten(advantages, loss_mask)
+        advantages = shape_advantages(advantages, credit.gamma.to(device), loss_mask, args.credit_sign_mode)
+        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, loss_mask, scores, logprobs,
+                          ref_logprobs, values, rewards, returns, advantages, credit.gamma, entropy)
+        self._log_rollout(rollout, kl, credit)
+        self.last_rollout, self.last_credit = rollout, credit
+        return rollout
+
+    def _generate(self, prompts: list) -> tuple[torch.Tensor, ...]:
+        """Left-padded prompts (B, Tp) and right-padded completions (B, Tc) with their masks (long, 0/1)."""
+        tok = self.processing_class
+        texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts]
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        prompt_ids = enc["input_ids"].to(self.accelerator.device)
+        prompt_mask = enc["attention_mask"].to(self.accelerator.device)
+        with self.accelerator.autocast():
+            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                      generation_config=self.generation_config)
+        completion_ids = out[:, prompt_ids.shape[1]:]
+        return prompt_ids, prompt_mask, completion_ids, completion_mask_until_eos(completion_ids, self.eos_token_id)
+
+    def _score(self, rows, prompts, completion_ids, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B,), scored (B,) bool): the weighted sum of rewards, NaN-free; a row every reward function
+        answered None for is not scored and is left out of the update."""
+        ids_list = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
+        texts = self.processing_class.batch_decode(ids_list, skip_special_tokens=True)
+        completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+        per_func = torch.zeros(len(rows), len(self.reward_funcs))
+        for i, (func, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
+            out = func(prompts=prompts, completions=completions, completion_ids=ids_list, trainer_state=self.state,
+                       log_metric=self._log_metric, **columns)
+            if len(out) != len(rows):
+                raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(rows)} completions")
+            per_func[:, i] = torch.tensor([math.nan if r is None else float(r) for r in out])
+            self._step_metrics[f"rewards/{name}/mean"].append(torch.nanmean(per_func[:, i]).item())
+        scored = ~torch.isnan(per_func).all(1)
+        scores = (per_func * self.reward_weights).nansum(1)
+        device = self.accelerator.device
+        return scores.to(device), scored.to(device)
+
+    def _log_metric(self, name: str, value: float) -> None:
+        """Handed to reward functions (TRL's ``log_metric``): a scalar logged with this step's metrics."""
+        self._step_metrics[name].append(float(value))
+
+    def _reference_logprobs(self, ids, mask, n_completion) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._batched_forward(self.ref_model, ids, mask, n_completion, values=False)[0]
+        with self.model.disable_adapter():
+            return self._batched_forward(self.model, ids, mask, n_completion, values=False)[0]
+
+    def _batched_forward(self, model, ids, mask, n_completion, values: bool):
+        """:meth:`_forward` in chunks of the mini-batch size, concatenated: (logprobs, entropy, values|None)."""
+        size = self._mini_batch_size()
+        parts = [self._forward(model, ids[i:i + size], mask[i:i + size], n_completion, values)
+                 for i in range(0, ids.shape[0], size)]
+        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
+
+    def _forward(self, model, ids, mask, n_completion: int, values: bool):
+        """Log-probs and entropy (B, Tc) of the last ``n_completion`` tokens at ``temperature``, and the critic's
+        values V(s_t) (B, Tc) read at the position that predicts token t (None unless ``values``)."""
+        with self.accelerator.autocast():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=n_completion + 1,
+                        output_hidden_states=values and self.critic is None)
+            logprobs, entropy = token_logprobs_and_entropy(
+                out.logits[:, :-1].float() / self.args.temperature, ids[:, -n_completion:]
+            )
+            if not values:
+                return logprobs, entropy, None
+            if self.critic is None:
+                hidden = out.hidden_states[-1]
+            else:
+                hidden = self.critic(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            state_values = self.value_head(hidden[:, -(n_completion + 1):-1].float()).squeeze(-1)
+        return logprobs, entropy, state_values
+
+    def _mini_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size // self.args.num_mini_batches
+
+    # ------------------------------------------------------------------------------------------ update
+
+    def ppo_update(self, rollout: Rollout) -> None:
+        """``num_ppo_epochs`` passes of shuffled mini-batches, one optimizer step each (clipped losses)."""
+        args = self.args
+        batch = rollout.completion_ids.shape[0]
+        self._set_training(True)
+        for epoch in range(args.num_ppo_epochs):  # a fresh shuffle per (step, epoch), reproducible on resume
+            order = torch.randperm(batch, generator=torch.Generator().manual_seed(
+                args.seed + 1_000_003 * (self.state.global_step * args.num_ppo_epochs + epoch)))
+            for rows in order.to(rollout.completion_ids.device).chunk(args.num_mini_batches):
+                mb = rollout.select(rows)
+                ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1)
+                mask = torch.cat([mb["prompt_mask"], mb["completion_mask"]], 1)
+                logprobs, _, values = self._forward(self.model, ids, mask, mb["completion_ids"].shape[1], True)
+                pg_loss, pg_clip, approx_kl = ppo_core.policy_loss(
+                    logprobs, mb["logprobs"], mb["advantages"], mb["loss_mask"], args.cliprange)
+                vf_loss, vf_clip = ppo_core.value_loss(
+                    values, mb["values"], mb["returns"], mb["loss_mask"], args.cliprange_value)
+                loss = pg_loss + args.vf_coef * vf_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._average_gradients()
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    policy_norm = nn.utils.clip_grad_norm_(self._policy_parameters(), args.max_grad_norm)
+                    critic_norm = nn.utils.clip_grad_norm_(self._critic_parameters(), args.max_grad_norm)
+                    self._step_metrics["grad_norm/policy"].append(policy_norm.item())
+                    self._step_metrics["grad_norm/critic"].append(critic_norm.item())
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                for name, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", pg_clip),
+                                    ("policy/approx_kl", approx_kl), ("value/clipfrac", vf_clip)):
+                    self._step_metrics[name].append(value.item())
+        self._step_metrics["learning_rate"].append(self.lr_scheduler.get_last_lr()[0])
+
+    def _average_gradients(self) -> None:
+        """Average trainable gradients over processes (one all-reduce); a no-op with one process."""
+        if self.accelerator.num_processes == 1:
+            return
+        params = self._policy_parameters() + self._critic_parameters()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
+            p.grad = g.view_as(p).clone()
+
+    # ------------------------------------------------------------------------------------------ logging
+
+    def _log_rollout(self, r: Rollout, kl: torch.Tensor | None, credit: CreditResult) -> None:
+        m, lengths = r.loss_mask, r.completion_mask.sum(1).float()
+        ended = (r.completion_ids == self.eos_token_id).any(1)
+        values = {
+            "reward": r.scores.mean().item(),
+            "reward_std": r.scores.std().item() if r.scores.numel() > 1 else 0.0,
+            "completions/mean_length": lengths.mean().item(),
+            "completions/clipped_ratio": (~ended).float().mean().item(),
+            "entropy": ppo_core.masked_mean(r.entropy, m).item(),
+            "value/mean": ppo_core.masked_mean(r.values, m).item(),
+            "value/explained_variance": ppo_core.explained_variance(r.values, r.returns, m).item(),
+            "returns/mean": ppo_core.masked_mean(r.returns, m).item(),
+            **credit.metrics,
+        }
+        if kl is not None:
+            values["objective/kl"] = kl.sum(1).mean().item()  # nats per sequence
+            values["objective/non_score_reward"] = (-self.args.kl_coef * kl).sum(1).mean().item()
+        for name, value in values.items():
+            self._step_metrics[name].append(value)
+
+    def _finish_step(self) -> dict[str, float]:
+        """This step's metrics (means over its mini-batches, averaged over processes); every ``logging_steps``
+        their mean over the interval goes to ``state.log_history`` and is printed."""
+        metrics = self._reduce_metrics({k: float(np.mean(v)) for k, v in self._step_metrics.items()})
+        self._step_metrics.clear()
+        self._pending_metrics.append(metrics)
+        if self.state.global_step % self.state.logging_steps == 0 or self.state.global_step == self.args.max_steps:
+            keys = {k for p in self._pending_metrics for k in p}
+            entry = {k: float(np.nanmean([p[k] for p in self._pending_metrics if k in p])) for k in sorted(keys)}
+            entry["step"] = self.state.global_step
+            self.state.log_history.append(entry)
+            self._pending_metrics = []
+            if self.accelerator.is_main_process and not self.args.disable_tqdm:
+                tqdm.write(str({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
+        return metrics
+
+    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return metrics
+        names = sorted(metrics)
+        values = torch.tensor([metrics[n] for n in names], device=self.accelerator.device)
+        return dict(zip(names, self.accelerator.reduce(values, reduction="mean").tolist()))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Write a resumable checkpoint: the policy (peft adapter, or the full model without peft) + tokenizer in
+        ``output_dir``, the critic (critic adapter or backbone, and ``value_head.safetensors``) in ``critic/``, and
+        ``training_state.pt`` (optimizer, scheduler, step, logs, credit state) + one RNG state file per process."""
+        out = Path(output_dir or self.args.output_dir)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(out)
+            self.processing_class.save_pretrained(out)
+            (out / CRITIC_DIR).mkdir(exist_ok=True)
+            if self.critic is not None:
+                self.critic.save_pretrained(out / CRITIC_DIR)
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                      out / CRITIC_DIR / VALUE_HEAD_FILE)
+            profile = self.credit.profile
+            torch.save({
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "global_step": self.state.global_step,
+                "log_history": self.state.log_history,
+                "pending_metrics": self._pending_metrics,
+                "credit_generator": self.credit.generator.get_state(),
+                "credit_profile": None if profile is None else asdict(profile),
+            }, out / TRAINING_STATE_FILE)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), out / RNG_STATE_FILE.format(rank=acc.process_index))
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Restore everything :meth:`save_model` wrote (weights, optimizer, scheduler, step, logs, RNG)."""
+        device = self.accelerator.device
+        _load_weights(self.model, path)
+        if self.critic is not None:
+            _load_weights(self.critic, path / CRITIC_DIR)
+        self.value_head.load_state_dict(load_file(path / CRITIC_DIR / VALUE_HEAD_FILE, device=str(device)))
+        state = torch.load(path / TRAINING_STATE_FILE, map_location=device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.state.global_step = state["global_step"]
+        self.state.log_history = state["log_history"]
+        self._pending_metrics = state["pending_metrics"]
+        self.credit.generator.set_state(state["credit_generator"].cpu())
+        if state["credit_profile"] is not None:
+            self.credit.profile = HeadProfile(**state["credit_profile"])
+        # our own file: Python/NumPy RNG states are not plain tensors
+        _set_rng_state(torch.load(path / RNG_STATE_FILE.format(rank=self.accelerator.process_index),
+                                  weights_only=False))
+
+
+def completion_mask_until_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on tokens up to and including the first EOS (all tokens when there is none). (B, Tc) -> (B, Tc) long."""
+    is_eos = completion_ids == eos_token_id
+    length = completion_ids.shape[1]
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), length)
+    return (torch.arange(length, device=completion_ids.device)[None] <= first_eos[:, None]).long()
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and the entropy of p = softmax(logits), both (B, T), nats. logits: (B, T, V); targets: (B, T)."""
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, targets[..., None]).squeeze(-1), entropy
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    """Load what ``module.save_pretrained(path)`` wrote back into ``module`` (peft adapter or full weights)."""
+    if isinstance(module, PeftModel):
+        set_peft_model_state_dict(module, load_peft_weights(str(path), device=str(next(module.parameters()).device)))
+    else:
+        module.load_state_dict(type(module).from_pretrained(path, dtype=next(module.parameters()).dtype).state_dict())
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
