@@ -41,8 +41,8 @@ class AttnGRPOTrainer(GRPOTrainer):
     """GRPO with preplan/anchor (or any registered) token credit. Accepts a plain GRPOConfig too (defaults)."""
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *pargs, **kwargs):
+        # credit settings are validated here, before TRL's (slow) model loading
         credit_cfg = credit_config_from(args) if args is not None else CreditConfig()
-        credit_cfg.validate_credit()  # fail before the (slow) model load
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         self.credit_config = credit_cfg
         self.credit = CreditAssigner(credit_cfg, self.accelerator.unwrap_model(self.model))
