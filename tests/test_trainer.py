@@ -123,6 +123,14 @@ def test_peft_lora_grad_accumulation_and_multiple_iterations(tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
+def test_gradient_accumulation_on_policy_takes_statistics_from_each_micro_batch_forward(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "credit/amplified_frac" in e]
+    # the generation batch holds 4 completions; statistics from the loss forward cover one micro-batch of 2
+    assert len(logged) == 2 and trainer.last_credit.gamma.shape == (2, 12)
+
+
 @pytest.mark.parametrize("strategy", ["uniform", "random", "entropy", "local_chunk", "global_anchor"])
 def test_other_strategies_train(tmp_path, strategy):
     trainer = _trainer(tmp_path, credit_strategy=strategy)
