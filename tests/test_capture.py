@@ -12,12 +12,13 @@ SPEC = StatsSpec(window=3, fai_lo=2, fai_hi=7)
 
 def stats_from_eager_attentions(model, ids, mask, layer, resp_start, spec):
     """dist_sum / waad / fai_sum (B, H, T) from the model's own materialised eager attention probabilities."""
+    previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             A = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[layer].double()
     finally:
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(previous)
     B, H, T, _ = A.shape
     t = torch.arange(T)[:, None]
     s = torch.arange(T)[None, :]
@@ -32,6 +33,16 @@ def stats_from_eager_attentions(model, ids, mask, layer, resp_start, spec):
         "waad": (A * d.clamp(max=spec.window)).sum(-1),
         "fai_sum": (A * fai_w[:, None]).sum(-2),
     }
+
+
+def assert_capture_matches_eager(model, ids, mask, resp, spec, cap, atol, rtol, label=""):
+    """Every captured layer's dist_sum / waad / fai_sum equals the eager-attention computation on valid rows."""
+    for layer, stats in cap.stats.items():
+        want = stats_from_eager_attentions(model, ids, mask, layer, resp, spec)
+        valid = mask.bool()[:, None].expand_as(want["waad"])
+        for name, ref in want.items():
+            got = getattr(stats, name).double()
+            torch.testing.assert_close(got[valid], ref[valid], atol=atol, rtol=rtol, msg=f"{label} {layer} {name}")
 
 
 def _batch(vocab=128):
@@ -54,13 +65,8 @@ def test_forward_outputs_unchanged_and_statistics_exact(family):
     with torch.no_grad(), capture_statistics(model, [1, 3], mask, resp, SPEC) as cap:
         after = model(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(before, after)
-    for layer in (1, 3):
-        want = stats_from_eager_attentions(model, ids, mask, layer, resp, SPEC)
-        valid = mask.bool()[:, None].expand_as(want["waad"])
-        for name, ref in want.items():
-            got = getattr(cap.stats[layer], name).double()
-            torch.testing.assert_close(got[valid], ref[valid], atol=2e-5, rtol=1e-4, msg=f"{family} {name}")
-        model.set_attn_implementation("attnrl_sdpa")
+    assert sorted(cap.stats) == [1, 3]
+    assert_capture_matches_eager(model, ids, mask, resp, SPEC, cap, atol=2e-5, rtol=1e-4, label=family)
 
 
 def test_generation_unchanged_by_capture_function():
