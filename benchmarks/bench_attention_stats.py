@@ -3,6 +3,7 @@
     python benchmarks/bench_attention_stats.py                 # kernels at T = 2K..32K + model forward
     python benchmarks/bench_attention_stats.py --skip-model-forward   # or --model-forward: that section only
     python benchmarks/bench_attention_stats.py --cpu-check     # tiny sizes on CPU under TRITON_INTERPRET=1
+    python benchmarks/bench_attention_stats.py --profile       # torch.profiler tables of the model forward
 
 Section 1 (one layer, B=1, H=32, Hkv=8, D=128, bf16, full-length sequences, response = last 3/4): SDPA forward;
 the Triton statistics (full pass; band pass with its own LSE; band pass given an LSE); the flash-attention
@@ -68,6 +69,7 @@ class ModelShape:
     vocab: int = 49152
     tokens: int = 4096
     prompt_tokens: int = 1024
+    batch: int = 1  # 1 leaves the forward bound by kernel-launch (host) time on an H100; 4 makes it device-bound
 
 
 # ------------------------------------------------------------------------------------------ measuring tools
@@ -254,9 +256,9 @@ def bench_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dt
         return {"status": f"skipped: attnrl.attention.capture is unavailable ({e})"}
     model = build_model(shape, device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
-    ids = torch.randint(0, shape.vocab, (1, shape.tokens), generator=gen, device=device)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.tokens), generator=gen, device=device)
     mask = torch.ones_like(ids)
-    resp_start = torch.tensor([shape.prompt_tokens], device=device)
+    resp_start = torch.full((shape.batch,), shape.prompt_tokens, device=device)
     layers = credit_layers(shape.layers)
 
     def forward():
@@ -286,6 +288,42 @@ def bench_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dt
         for name in ("lse", "dist_sum", "waad", "fai_sum")
     }
     return result
+
+
+def profile_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dtype, out_dir: Path) -> str:
+    """torch.profiler tables (by device time and by host time) of the section-2 forward with Triton statistics,
+    to find where the statistics' cost beyond the kernels goes. Written to ``out_dir/profile_model_forward.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from attnrl.attention.capture import capture_statistics
+
+    model = build_model(shape, device, dtype)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.tokens), device=device)
+    mask = torch.ones_like(ids)
+    resp_start = torch.full((shape.batch,), shape.prompt_tokens, device=device)
+    layers = credit_layers(shape.layers)
+
+    def forward_with_stats():
+        with capture_statistics(model, layers=layers, attention_mask=mask, resp_start=resp_start, spec=CREDIT_SPEC,
+                                backend="triton"):
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_device = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    with torch.inference_mode():
+        for _ in range(3):
+            forward_with_stats()
+        synchronize(device)
+        with profile(activities=activities) as prof:
+            for _ in range(5):
+                forward_with_stats()
+            synchronize(device)
+    text = (f"5 forwards with Triton statistics on layers {layers}\n\nby device time\n"
+            + prof.key_averages().table(sort_by=sort_device, row_limit=25)
+            + "\n\nby host time\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "profile_model_forward.txt").write_text(text)
+    return text
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -345,7 +383,8 @@ def model_table(result: dict) -> str:
     if "status" in result:
         return result["status"]
     lines = [
-        f"random LlamaForCausalLM, {result['params_m']:.3g}M params, {result['shape']['tokens']} tokens, "
+        f"random LlamaForCausalLM, {result['params_m']:.3g}M params, "
+        f"{result['shape'].get('batch', 1)} x {result['shape']['tokens']} tokens, "
         f"statistics on layers {result['layers']}",
         "",
         "| forward | time (x plain), extra memory |",
@@ -451,8 +490,18 @@ def main() -> int:
         help="only the model-forward section (it is also part of the default run)",
     )
     parser.add_argument("--cpu-check", action="store_true", help="toy sizes on CPU under TRITON_INTERPRET=1")
+    parser.add_argument("--profile", action="store_true", help="only profile the model forward with statistics")
+    parser.add_argument("--model-batch", type=int, default=1, help="sequences of 4K tokens in the model forward")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
+
+    if args.profile:
+        cuda = torch.cuda.is_available()
+        shape = ModelShape() if cuda else ModelShape(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128,
+                                                     vocab=256, tokens=48, prompt_tokens=12)
+        dtype = torch.bfloat16 if cuda else torch.float32
+        print(profile_model_forward(shape, torch.device("cuda" if cuda else "cpu"), dtype, args.out))
+        return 0
 
     if args.cpu_check:
         torch.manual_seed(0)
@@ -482,7 +531,7 @@ def main() -> int:
         return 2
     device = torch.device("cuda")
     lengths = [] if args.model_forward else args.lengths
-    model_shape = None if args.skip_model_forward else ModelShape()
+    model_shape = None if args.skip_model_forward else ModelShape(batch=args.model_batch)
     run(lengths, LayerShape(), model_shape, device, args.out, device_label(device))
     return 0
 

@@ -3,7 +3,8 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated: before any triton import
+if os.environ.get("ATTNRL_TEST_GPU") != "1":  # ATTNRL_TEST_GPU=1: compiled kernels on the GPU instead
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated: before any triton import
 
 import pytest
 import torch
