@@ -14,7 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
-STRATEGY_ORDER = ("uniform", "random", "entropy", "local_chunk", "global_anchor", "coupled")
+STRATEGY_ORDER = ("uniform", "random", "entropy", "local_chunk", "global_anchor", "coupled", "coupled_short")
 
 
 def load_cells(out: Path) -> list[dict]:
