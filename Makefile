@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: setup demo test test-fast lint bench-step bench-kernels
+.PHONY: setup demo test test-fast lint bench-step bench-kernels bench-learning
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -31,3 +31,6 @@ bench-step: setup  ## step time of AttnGRPOTrainer vs trl.GRPOTrainer on CPU wit
 
 bench-kernels: setup  ## GPU: statistics kernels vs SDPA (see benchmarks/bench_attention_stats.py)
 	$(PY) benchmarks/bench_attention_stats.py
+
+bench-learning: setup  ## every credit strategy x 3 seeds x 2 tasks (about 2 h on 2 CPU cores; resumes)
+	$(PY) benchmarks/learning/sweep.py --jobs 2 --threads 1
