@@ -53,10 +53,11 @@ def test_summary_rows_mean_spread_and_delta(tmp_path):
     assert rows["coupled"]["std"] == pytest.approx(statistics.stdev([0.6, 0.8, 0.7]))
     assert (rows["coupled"]["min"], rows["coupled"]["max"]) == (0.6, 0.8)
     assert rows["coupled"]["delta_vs_uniform"] == pytest.approx(0.1)
+    assert rows["coupled"]["paired_deltas"] == pytest.approx([0.1, 0.2, 0.0])  # same seed minus uniform
     assert rows["uniform"]["base"] == 0.2 and rows["coupled"]["seeds"] == [0, 1, 2]
     assert rows["coupled"]["reward_last5"] == pytest.approx(0.15)
     table = summarize.markdown_table(list(rows.values()))
-    assert "| arithmetic (base 20.0%) | coupled | 3 | 70.0 ± 10.0 (60.0–80.0) | +10.0 |" in table
+    assert "| arithmetic (base 20.0%) | coupled | 3 | 70.0 ± 10.0 (60.0–80.0) | +10.0 (+10.0, +20.0, +0.0) |" in table
 
 
 def test_summarize_writes_table_and_plots(tmp_path):

@@ -61,18 +61,31 @@ def summary_rows(cells: list[dict], out: Path) -> list[dict]:
         mean, std = mean_std(finals)
         uniform = groups.get((task, "uniform"))
         gamma = [e["credit/gamma_mean"] for c in members for e in c["log_history"] if "credit/gamma_mean" in e]
+        amplified = [e["credit/amplified_frac"] for c in members for e in c["log_history"]
+                     if "credit/amplified_frac" in e]
+        lengths = [e["completions/mean_length"] for c in members for e in c["log_history"]
+                   if "completions/mean_length" in e]
         rows.append({
             "task": task, "strategy": strategy, "seeds": [c["seed"] for c in members], "final": finals,
             "mean": mean, "std": std, "min": min(finals), "max": max(finals),
             "delta_vs_uniform": mean - mean_std([c["final_accuracy"] for c in uniform])[0] if uniform else None,
+            "paired_deltas": paired_deltas(members, uniform or []),
             "base": load_base(out, task),
             "reward_last5": statistics.fmean(mean_reward(c) for c in members),
             "seconds_per_step": statistics.fmean(c["seconds_per_step"] for c in members),
             "credit_seconds_per_step": statistics.fmean(
                 e.get("credit/seconds", 0.0) for c in members for e in c["log_history"] if "reward" in e),
             "gamma_mean": statistics.fmean(gamma) if gamma else 1.0,
+            "amplified_frac": statistics.fmean(amplified) if amplified else 0.0,
+            "completion_tokens": statistics.fmean(lengths) if lengths else math.nan,
         })
     return rows
+
+
+def paired_deltas(members: list[dict], uniform: list[dict]) -> list[float]:
+    """Final accuracy minus uniform's for the same seed (same prompts, LoRA init and sampling seed), by seed."""
+    by_seed = {c["seed"]: c["final_accuracy"] for c in uniform}
+    return [c["final_accuracy"] - by_seed[c["seed"]] for c in members if c["seed"] in by_seed]
 
 
 def _order(strategy: str) -> int:
@@ -82,20 +95,22 @@ def _order(strategy: str) -> int:
 def markdown_table(rows: list[dict]) -> str:
     """The README table: final held-out accuracy per task and strategy (mean ± std over seeds, min-max)."""
     lines = [
-        "| task | strategy | seeds | final held-out accuracy, mean ± std (min–max) | vs uniform | "
-        "train reward (last 5 steps) | s/step |",
-        "|---|---|---|---|---|---|---|",
+        "| task | strategy | seeds | final held-out accuracy, mean ± std (min–max) | vs uniform (per seed) | "
+        "train reward (last 5 steps) | tokens amplified | completion tokens | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         delta = "—" if r["strategy"] == "uniform" or r["delta_vs_uniform"] is None else \
-            f"{100 * r['delta_vs_uniform']:+.1f}"
+            f"{100 * r['delta_vs_uniform']:+.1f} ({', '.join(f'{100 * d:+.1f}' for d in r['paired_deltas'])})"
         lines.append(
             f"| {r['task']} (base {100 * r['base']:.1f}%) | {r['strategy']} | {len(r['seeds'])} | "
             f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({100 * r['min']:.1f}–{100 * r['max']:.1f}) | {delta} | "
-            f"{r['reward_last5']:.3f} | {r['seconds_per_step']:.1f} |"
+            f"{r['reward_last5']:.3f} | {100 * r['amplified_frac']:.0f}% | {r['completion_tokens']:.1f} | "
+            f"{r['seconds_per_step']:.1f} |"
             if r["base"] is not None else
             f"| {r['task']} | {r['strategy']} | {len(r['seeds'])} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | "
-            f"{delta} | {r['reward_last5']:.3f} | {r['seconds_per_step']:.1f} |"
+            f"{delta} | {r['reward_last5']:.3f} | {100 * r['amplified_frac']:.0f}% | {r['completion_tokens']:.1f} | "
+            f"{r['seconds_per_step']:.1f} |"
         )
     return "\n".join(lines)
 

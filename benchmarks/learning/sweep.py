@@ -254,7 +254,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASK_SETTINGS), choices=list(TASK_SETTINGS))
-    parser.add_argument("--strategies", nargs="+", default=[*STRATEGIES, *VARIANTS], choices=[*STRATEGIES, *VARIANTS])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=[*STRATEGIES, *VARIANTS],
+                        help=f"strategies, or variants of them: {VARIANTS}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="cells run at the same time")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per cell")
