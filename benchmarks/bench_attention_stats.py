@@ -248,12 +248,11 @@ def credit_layers(n_layers: int, count: int = 5) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
 
 
-def bench_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> dict:
-    """Plain forward vs forward with statistics captured on the credit layers (both backends)."""
-    try:
-        from attnrl.attention.capture import capture_statistics, enable_capture
-    except ImportError as e:
-        return {"status": f"skipped: attnrl.attention.capture is unavailable ({e})"}
+def model_forward_case(shape: ModelShape, device: torch.device, dtype: torch.dtype):
+    """(model, layers, forward, forward_with_stats) of section 2: ``forward()`` is the plain forward,
+    ``forward_with_stats(backend)()`` the same forward with statistics captured on ``layers``, returning them."""
+    from attnrl.attention.capture import capture_statistics
+
     model = build_model(shape, device, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     ids = torch.randint(0, shape.vocab, (shape.batch, shape.tokens), generator=gen, device=device)
@@ -273,6 +272,17 @@ def bench_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dt
             return cap.stats
 
         return run
+
+    return model, layers, forward, forward_with_stats
+
+
+def bench_model_forward(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> dict:
+    """Plain forward vs forward with statistics captured on the credit layers (both backends)."""
+    try:
+        from attnrl.attention.capture import enable_capture
+    except ImportError as e:
+        return {"status": f"skipped: attnrl.attention.capture is unavailable ({e})"}
+    model, layers, forward, forward_with_stats = model_forward_case(shape, device, dtype)
 
     result = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "layers": layers, "shape": asdict(shape)}
     with torch.inference_mode():
@@ -295,18 +305,8 @@ def profile_model_forward(shape: ModelShape, device: torch.device, dtype: torch.
     to find where the statistics' cost beyond the kernels goes. Written to ``out_dir/profile_model_forward.txt``."""
     from torch.profiler import ProfilerActivity, profile
 
-    from attnrl.attention.capture import capture_statistics
-
-    model = build_model(shape, device, dtype)
-    ids = torch.randint(0, shape.vocab, (shape.batch, shape.tokens), device=device)
-    mask = torch.ones_like(ids)
-    resp_start = torch.full((shape.batch,), shape.prompt_tokens, device=device)
-    layers = credit_layers(shape.layers)
-
-    def forward_with_stats():
-        with capture_statistics(model, layers=layers, attention_mask=mask, resp_start=resp_start, spec=CREDIT_SPEC,
-                                backend="triton"):
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+    _, layers, _, with_stats = model_forward_case(shape, device, dtype)
+    forward_with_stats = with_stats("triton")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_device = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"

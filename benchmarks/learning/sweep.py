@@ -89,18 +89,21 @@ def task_data(task: str, budget: SweepBudget):
     return train, held_out
 
 
+def job_arguments(task: str, budget: SweepBudget):
+    """The main job's arguments for this cell (LoRA adapter and held-out evaluation as in ``attnrl.recipes.grpo``)."""
+    from attnrl.recipes.grpo import GRPOJobArguments
+
+    return GRPOJobArguments(model_name_or_path=budget.model, task=task, train_size=budget.train_size,
+                            eval_size=budget.eval_size, lora_r=budget.lora_r, lora_alpha=2 * budget.lora_r,
+                            eval_max_new_tokens=TASK_SETTINGS[task]["eval_max_new_tokens"])
+
+
 def evaluator(task: str, budget: SweepBudget, tokenizer, held_out):
-    from attnrl.rewards import TASKS
+    """``evaluate(model) -> accuracy`` in [0, 1]: greedy, on ``held_out``, with the task's exact checker."""
+    from attnrl.recipes.grpo import held_out_evaluator
 
-    from attnrl.evaluation import evaluate_accuracy
-
-    def evaluate(model) -> float:
-        result = evaluate_accuracy(model, tokenizer, held_out, TASKS[task].is_correct,
-                                   max_new_tokens=TASK_SETTINGS[task]["eval_max_new_tokens"], batch_size=50,
-                                   desc=f"held-out {task}")
-        return result.accuracy
-
-    return evaluate
+    evaluate = held_out_evaluator(job_arguments(task, budget), tokenizer, held_out)
+    return lambda model: evaluate(model, f"held-out {task}").accuracy
 
 
 def run_base(task: str, budget: SweepBudget, out: Path) -> None:
@@ -154,7 +157,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path
 
     trainer = AttnGRPOTrainer(model=model, reward_funcs=task_rewards(task, ["correct"]), args=args,
                               train_dataset=train, processing_class=tokenizer,
-                              peft_config=lora_config(_LoraJob(budget.lora_r)), callbacks=[HeldOutAccuracy()])
+                              peft_config=lora_config(job_arguments(task, budget)), callbacks=[HeldOutAccuracy()])
     t0 = time.time()
     trainer.train()
     wall = time.time() - t0
@@ -169,18 +172,6 @@ def run_cell(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path
     }
     write_json_atomic(out / "cells" / f"{cell_name(task, strategy, seed)}.json", result)
     return result
-
-
-@dataclass
-class _LoraJob:
-    """The fields :func:`attnrl.recipes.grpo.lora_config` reads (same adapter as the main job)."""
-
-    lora_r: int
-    lora_alpha: int = 0
-    lora_target_modules: str = "all-linear"
-
-    def __post_init__(self):
-        self.lora_alpha = self.lora_alpha or 2 * self.lora_r
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
