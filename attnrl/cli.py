@@ -32,6 +32,7 @@ from trl import TrlParser
 
 from attnrl.models.default import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model_path
 from attnrl.publish import publish
+from attnrl.recipes import config as recipe_config
 from attnrl.recipes.grpo import GRPOJobArguments, run_grpo_job
 from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
 from attnrl.trainers.grpo import AttnGRPOConfig
@@ -77,7 +78,9 @@ def train(config: str | Path, overrides: Sequence[str] = (), *, recipe: str | No
     for key, value in raw.pop("env", {}).items():  # TrlParser's `env:` section
         os.environ[key] = str(value)
     parser.set_defaults_with_config(**raw)
-    job, args = parser.parse_args_into_dataclasses(args=list(overrides))
+    recipe_config.cpu_safe_defaults(parser, raw, overrides)  # bf16 False when training on the CPU, unless set
+    with recipe_config.precision_errors():
+        job, args = parser.parse_args_into_dataclasses(args=list(overrides))
     write_resolved_config(Path(args.output_dir), recipe_name, job, args, [*raw, *override_fields])
     if ray_address or num_workers:
         return launch_distributed(recipe_name, job, args, ray_address, num_workers)
@@ -85,12 +88,11 @@ def train(config: str | Path, overrides: Sequence[str] = (), *, recipe: str | No
 
 
 def load_yaml_config(path: str | Path) -> dict:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; see examples/configs/ for one to copy")
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path} must hold a YAML mapping of field: value")
-    return raw
+    """The config's mapping; UsageError naming the file (and the line of a YAML syntax error)."""
+    try:
+        return recipe_config.load_yaml_config(path)
+    except recipe_config.ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def get_recipe(name: str) -> tuple:
@@ -303,7 +305,7 @@ def analyze(out: str | Path, model: str = DEFAULT_MODEL, adapter: str | Path | N
         if not completion:
             raise UsageError("the model's greedy response to --prompt is empty: nothing to analyse; try another "
                              "prompt or --rollouts")
-    # METHODS.md §1.2: for analysis the FAI horizon is H_lo = 1 to the end of the sequence
+    # docs/methods.md §1.2: for analysis the FAI horizon is H_lo = 1 to the end of the sequence
     config = CreditConfig(credit_strategy="coupled", credit_fai_lo=1, credit_fai_hi=None)
     analysis = analyze_response(policy, tokenizer, messages, completion, config)
     out = Path(out)

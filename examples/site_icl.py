@@ -1,4 +1,4 @@
-"""SITE vs 0-shot vs N-shot in-context learning on three locally generated tasks (METHODS.md §3).
+"""SITE vs 0-shot vs N-shot in-context learning on three locally generated tasks (docs/methods.md §3).
 
     python examples/site_icl.py --config examples/configs/site_smollm2.yaml [--any_field value]
 
@@ -25,6 +25,7 @@ from trl import TrlParser
 from attnrl.injection import make_artifact, task_embedding, train_head_selection
 from attnrl.injection.icl import exact_match, few_shot_prompts, greedy_answers
 from attnrl.models import DEFAULT_MODEL, load_model_and_tokenizer
+from attnrl.recipes.config import parse_config
 
 logger = logging.getLogger("site_icl")
 
@@ -47,9 +48,12 @@ CAPITALS = [
 ]
 
 
+TASKS = ("capitalise", "next_in_sequence", "capital_city")
+
+
 @dataclass
 class SITEJobArguments:
-    """The comparison's settings; defaults follow METHODS.md §3 (M = 50 prompts of N = 10 shots, 400 steps)."""
+    """The comparison's settings; defaults follow docs/methods.md §3 (M = 50 prompts of N = 10 shots, 400 steps)."""
 
     model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Embedded default, a path or a Hub id."})
     tasks: list[str] = field(default_factory=lambda: ["capitalise", "next_in_sequence", "capital_city"])
@@ -65,6 +69,17 @@ class SITEJobArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the task generators, splits and demonstrations."})
     output_json: str = field(default="benchmarks/results/site_smollm2.json", metadata={"help": "Results file."})
     artifact_dir: str = field(default="runs/site", metadata={"help": "Where the SITE artifacts are saved."})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field (before the model is loaded)."""
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks={self.tasks}: use some of {list(TASKS)}")
+        for name in ("n_prompts", "steps", "val_every", "val_size", "test_size", "max_new_tokens", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.n_shots < 0 or self.lr <= 0:
+            raise ValueError(f"n_shots={self.n_shots} must be >= 0 and lr={self.lr} > 0")
 
 
 def vocabulary_words(tokenizer, n: int, seed: int) -> list[str]:
@@ -84,7 +99,7 @@ def task_pairs(name: str, tokenizer, n: int, seed: int) -> list[tuple[str, str]]
         return [(", ".join(str(a + i * d) for i in range(4)), str(a + 4 * d)) for a, d in rng.sample(seqs, n)]
     if name == "capital_city":
         return rng.sample(CAPITALS, min(n, len(CAPITALS)))
-    raise ValueError(f"unknown task {name!r}")
+    raise ValueError(f"unknown task {name!r}; use one of {list(TASKS)}")
 
 
 def split(pairs, val_size: int, test_size: int):
@@ -147,7 +162,8 @@ def print_table(rows: list[dict], n_shots: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    (job,) = TrlParser((SITEJobArguments,)).parse_args_and_config()
+    (job,) = parse_config(TrlParser((SITEJobArguments,)))
+    job.validate()
     model, tokenizer = load_model_and_tokenizer(job.model_name_or_path)
     model.eval()
     started = time.perf_counter()

@@ -15,13 +15,14 @@ import logging
 from trl import TrlParser
 
 from attnrl.distributed import RayArguments, launch
+from attnrl.recipes.config import parse_config
 from attnrl.recipes.grpo import GRPOJobArguments, run_grpo_job
 from attnrl.trainers.grpo import AttnGRPOConfig
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = TrlParser((GRPOJobArguments, AttnGRPOConfig, RayArguments))
-    job, training_args, ray_args = parser.parse_args_and_config()
+    job, training_args, ray_args = parse_config(parser)  # names the file of a YAML error; CPU-safe bf16
     if ray_args.use_ray:
         results = launch(job, training_args, ray_args)
     else:

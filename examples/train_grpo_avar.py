@@ -1,4 +1,4 @@
-"""GRPO with AVAR visual-anchored rewards on synthetic visual reasoning problems (METHODS.md §2).
+"""GRPO with AVAR visual-anchored rewards on synthetic visual reasoning problems (docs/methods.md §2).
 
     python examples/train_grpo_avar.py --config examples/configs/avar_tiny_qwen2_vl.yaml [--any_field value]
 
@@ -22,9 +22,13 @@ from attnrl.rewards.visual import visual_anchor_reward
 from datasets import Dataset
 from trl import TrlParser
 
+from attnrl.attention.capture import num_layers
+from attnrl.credit.config import credit_config_from
 from attnrl.multimodal.evaluation import evaluate_visual
-from attnrl.multimodal.tasks import make_visual_examples
+from attnrl.multimodal.scores import resolve_avar_layers
+from attnrl.multimodal.tasks import VISUAL_TASKS, make_visual_examples
 from attnrl.multimodal.trainer import AVARGRPOConfig, AVARGRPOTrainer
+from attnrl.recipes.config import parse_config
 
 TINY_MODELS = ("tiny-qwen2_vl", "tiny-qwen2_5_vl")
 
@@ -43,6 +47,14 @@ class AVARJobArguments:
     task_seed: int = field(default=0, metadata={"help": "Seed of the problem generator (held-out: seed + 1)."})
     eval_max_new_tokens: int = field(default=16, metadata={"help": "Generation budget of the evaluation."})
 
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field (no model needed)."""
+        if self.task not in (*VISUAL_TASKS, "mixed"):
+            raise ValueError(f"task={self.task!r} is unknown; use one of {sorted(VISUAL_TASKS)} or 'mixed'")
+        for name in ("tiny_num_layers", "train_size", "eval_size", "image_size", "eval_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
 
 def load_model_and_processor(job: AVARJobArguments):
     if job.model_name_or_path in TINY_MODELS:
@@ -58,8 +70,11 @@ def load_model_and_processor(job: AVARJobArguments):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job, args = TrlParser((AVARJobArguments, AVARGRPOConfig)).parse_args_and_config()
+    job, args = parse_config(TrlParser((AVARJobArguments, AVARGRPOConfig)))
+    job.validate()  # the trainer fields were validated when parsed; layers against the model right after loading
     model, processor = load_model_and_processor(job)
+    credit_config_from(args).validate_credit_layers(num_layers(model))
+    resolve_avar_layers(args.avar_layers, num_layers(model))
     train_rows = make_visual_examples(job.task, job.train_size, job.task_seed, job.image_size)
     eval_rows = make_visual_examples(job.task, job.eval_size, job.task_seed + 1, job.image_size)
 

@@ -10,11 +10,12 @@ import logging
 
 from trl import TrlParser
 
+from attnrl.recipes.config import parse_config
 from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
 from attnrl.trainers.ppo import AttnPPOConfig
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job, training_args = TrlParser((PPOJobArguments, AttnPPOConfig)).parse_args_and_config()
+    job, training_args = parse_config(TrlParser((PPOJobArguments, AttnPPOConfig)))
     results = run_ppo_job(job, training_args)
     print({k: results[k] for k in ("accuracy_before", "accuracy_after", "train_steps", "seconds_per_step")})

@@ -5,6 +5,7 @@ the same logits, checksums, Hub upload mocked) and the error messages of each.""
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -169,6 +170,38 @@ def test_unknown_config_fields_name_the_closest_field_before_any_loading(tmp_pat
     assert not (tmp_path / "run" / "adapter").exists()
 
 
+def test_a_yaml_syntax_error_names_the_config_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: arithmetic\ncredit_layers: [1, 2\nmax_steps: 3\n")
+    with pytest.raises(cli.UsageError, match=rf"{bad}, line 3, column 10: invalid YAML"):
+        cli.train(bad)
+    assert cli.main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"attnrl train: error: {bad}, line 3, column 10: invalid YAML (while parsing a flow sequence" in err
+    assert "<unicode string>" not in err
+
+
+def test_train_without_an_accelerator_defaults_bf16_off_unless_set(tmp_path, monkeypatch, capsys):
+    """TRL's GRPOConfig turns an unset bf16 into True, which transformers refuses without a bf16 accelerator."""
+    import transformers.training_args
+
+    from attnrl.recipes import config as recipe_config
+
+    monkeypatch.setattr(recipe_config, "bf16_accelerator_available", lambda: False)
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: False)
+    calls = []
+    monkeypatch.setitem(cli.RECIPES, "fake", (GRPOJobArguments, AttnGRPOConfig, lambda j, a: calls.append(a)))
+    minimal = {k: v for k, v in TINY_RUN.items() if k not in ("use_cpu", "bf16")}
+    config = write_yaml(tmp_path / "c.yaml", **minimal, recipe="fake", output_dir=str(tmp_path / "run"))
+    cli.train(config)
+    assert calls[-1].bf16 is False
+    assert cli.main(["train", str(config), "--bf16", "true"]) == 2  # explicit: refused, naming both fields
+    assert "bf16=True needs an accelerator with bf16 support and none was found; set bf16: false to train in " \
+           "float32, or use_cpu: true" in capsys.readouterr().err
+    cli.train(config, ["--bf16=true", "--use_cpu"])
+    assert (calls[-1].bf16, calls[-1].use_cpu) == (True, True)
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -265,8 +298,15 @@ def count_colour(png: Path, hex_colour: str, tolerance: int = 10) -> int:
 
 
 def screenshot(html: Path, png: Path) -> None:
+    """Render ``html`` with headless Chromium (installed by `make browser`). Without it the test skips, except in
+    CI (CI=true), where a missing browser is a failure."""
     chromium = shutil.which("chromium")
-    assert chromium, "the HTML test needs headless Chromium: apt-get install -y chromium"
+    if not chromium:
+        message = "the HTML screenshot test needs headless Chromium: run `make browser` (as root it installs " \
+                  "Debian's chromium) or `apt-get install -y chromium`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -275,6 +315,16 @@ def screenshot(html: Path, png: Path) -> None:
         check=True, capture_output=True, timeout=120,
     )
     assert png.stat().st_size > 1000
+
+
+def test_a_missing_browser_skips_the_screenshot_except_in_ci(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="make browser"):
+        screenshot(tmp_path / "page.html", tmp_path / "page.png")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the HTML screenshot test needs headless Chromium"):
+        screenshot(tmp_path / "page.html", tmp_path / "page.png")
 
 
 def test_analyze_rollout_writes_figures_and_a_page_with_role_colours(run_dir, tiny_model_dir, tmp_path):

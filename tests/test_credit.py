@@ -159,3 +159,38 @@ def test_head_profile_round_trip(tmp_path):
     p.save(tmp_path / "p.json")
     q = HeadProfile.load(tmp_path / "p.json")
     assert q.layers == [1, 2] and torch.equal(q.local, p.local) and torch.equal(q.global_, p.global_)
+
+
+def test_credit_layer_checks_that_need_no_model_run_in_validate_credit():
+    from attnrl.credit.config import CreditConfig
+
+    with pytest.raises(ValueError, match=r"credit_layers=\[2, 2, 3\] lists layers \[2\] more than once.*"
+                                         r"credit_layers=\[2, 3\]"):
+        CreditConfig(credit_layers=[2, 2, 3]).validate_credit()
+    with pytest.raises(ValueError, match=r"negative layers \[-1\]"):
+        CreditConfig(credit_layers=[-1, 2]).validate_credit()
+    with pytest.raises(ValueError, match="credit_num_layers=0 must be >= 1"):
+        CreditConfig(credit_num_layers=0).validate_credit()
+    CreditConfig(credit_layers=[3, 1]).validate_credit()  # order is free
+
+
+def test_credit_layers_are_checked_against_the_model_layer_count_without_a_model(tmp_path):
+    from attnrl.credit.config import CreditConfig
+
+    with pytest.raises(ValueError, match=r"credit_layers=\[1, 4\] includes \[4\], out of range for a model with 4 "
+                                         r"layers \(valid: 0\.\.3\)"):
+        CreditConfig(credit_layers=[1, 4]).validate_credit_layers(4)
+    with pytest.raises(ValueError, match="more than once"):  # the model-free checks run too
+        CreditConfig(credit_layers=[1, 1]).validate_credit_layers(4)
+    CreditConfig(credit_layers=[0, 3]).validate_credit_layers(4)
+    CreditConfig().validate_credit_layers(4)  # default middle layers
+    CreditConfig(credit_strategy="uniform", credit_layers=[9]).validate_credit_layers(4)  # never read: accepted
+
+    profile = tmp_path / "heads.json"
+    HeadProfile.from_distances([1, 2], torch.rand(2, 4)).save(profile)
+    CreditConfig(credit_layers=[2, 1], credit_head_profile="cached",
+                 credit_head_profile_path=str(profile)).validate_credit_layers(4)
+    with pytest.raises(ValueError, match=r"holds layers \[1, 2\] but credit_layers resolve to \[0, 1\]"):
+        CreditConfig(credit_layers=[0, 1], credit_head_profile_path=str(profile)).validate_credit_layers(4)
+    with pytest.raises(FileNotFoundError, match="credit_head_profile_path=.*missing.json does not exist"):
+        CreditConfig(credit_head_profile_path=str(tmp_path / "missing.json")).validate_credit_layers(4)

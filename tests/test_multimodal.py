@@ -1,4 +1,4 @@
-"""AVAR (METHODS.md §2) on tiny random Qwen2-VL / Qwen2.5-VL models with the offline processor."""
+"""AVAR (docs/methods.md §2) on tiny random Qwen2-VL / Qwen2.5-VL models with the offline processor."""
 
 import math
 
@@ -9,13 +9,14 @@ from attnrl.rewards.visual import AVAR_RATIO_COLUMN, visual_anchor_reward
 from datasets import Dataset
 from PIL import Image
 
+from attnrl.multimodal.evaluation import evaluate_visual
 from attnrl.multimodal.intervention import attention_intervention, intervention_key_bias
 from attnrl.multimodal.scores import resolve_avar_layers, visual_anchor_ratio, visual_attention_score
 from attnrl.multimodal.sft import attention_guided_sft_loss
 from attnrl.multimodal.statistics import collect_statistics
 from attnrl.multimodal.tasks import make_visual_examples
 from attnrl.multimodal.tokens import token_sets
-from attnrl.utils.tiny_vl import FAMILIES, tiny_vl_model, tiny_vl_processor
+from attnrl.utils.tiny_vl import FAMILIES, QWEN2_VL_CHAT_TEMPLATE, tiny_vl_model, tiny_vl_processor
 
 LAYERS = 3
 
@@ -79,6 +80,65 @@ def test_token_sets_need_a_user_turn():
     ids = processor.tokenizer("<|im_start|>system\nhi<|im_end|>\n", return_tensors="pt")["input_ids"]
     with pytest.raises(ValueError, match="no user turn"):
         token_sets(ids, torch.ones_like(ids), processor)
+
+
+def _no_system_processor():
+    """The Qwen2-VL processor with a template that inserts no default system turn (as Qwen3-VL's)."""
+    processor = tiny_vl_processor()
+    template = QWEN2_VL_CHAT_TEMPLATE.replace("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", "")
+    assert template != QWEN2_VL_CHAT_TEMPLATE
+    processor.chat_template = processor.tokenizer.chat_template = template
+    return processor
+
+
+def test_an_empty_system_span_is_refused_instead_of_dividing_by_eps():
+    processor = _no_system_processor()
+    model = tiny_vl_model(num_layers=2)
+    inputs, resp_start = _batch(processor)  # row 0 has no system message, row 1 has one
+    sets = token_sets(inputs["input_ids"], inputs["attention_mask"], processor, resp_start=resp_start)
+    assert sets.system.sum(1).tolist()[0] == 0 and sets.system.sum(1).tolist()[1] > 0
+    forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    stats = collect_statistics(model, [0, 1], inputs["input_ids"], inputs["attention_mask"], resp_start,
+                               key_masks=sets.key_masks(), backend="torch", **forward)
+    span = {layer: s.span_mass for layer, s in stats.items()}
+    with pytest.raises(ValueError, match=r"r_visual: rows \[0\] have no system tokens.*'role': 'system'"):
+        visual_anchor_ratio(span, sets.response)  # was mass_V / 1e-6, about 1e5
+    with pytest.raises(ValueError, match=r"VAS: rows \[0\] have no system tokens"):
+        visual_attention_score(span, sets.user)  # was mass_V / 0 = inf
+    row1 = {layer: m[1:] for layer, m in span.items()}  # the row with a system message still scores
+    assert torch.isfinite(visual_anchor_ratio(row1, sets.response[1:])).all()
+
+    batch = dict(inputs, labels=inputs["input_ids"].masked_fill(~sets.response, -100))
+    with pytest.raises(ValueError, match=r"L_sup.*rows \[0\] have no system tokens"):
+        attention_guided_sft_loss(model, batch, sets, [1])
+
+    generated = []
+    model.generate = lambda *a, **kw: generated.append(1)
+    rows = make_visual_examples("count", 3, image_size=56)
+    for row in rows[:2]:
+        row["prompt"] = [{"role": "system", "content": "Be brief."}, *row["prompt"]]
+    with pytest.raises(ValueError, match=r"VAS of the evaluation rows: rows \[2\] have no system tokens"):
+        evaluate_visual(model, processor, rows, [0, 1], batch_size=2)
+    assert generated == []  # refused before any generation
+
+
+def test_avar_trainer_refuses_prompts_without_system_tokens_at_construction(tmp_path):
+    from attnrl.multimodal.trainer import AVARGRPOConfig, AVARGRPOTrainer
+
+    args = AVARGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                          max_completion_length=4, max_steps=1, bf16=False, use_cpu=True, report_to=[],
+                          credit_strategy="uniform", reward_weights=[1.0, 0.3])
+    rows = make_visual_examples("count", 4, image_size=56)
+
+    def build(dataset_rows):
+        return AVARGRPOTrainer(model=tiny_vl_model(num_layers=2), reward_funcs=[accuracy_reward, visual_anchor_reward],
+                               args=args, train_dataset=Dataset.from_list(dataset_rows),
+                               processing_class=_no_system_processor())
+
+    with pytest.raises(ValueError, match=r"r_visual \(first training prompt\): rows \[0\] have no system tokens"):
+        build(rows)
+    with_system = [{**r, "prompt": [{"role": "system", "content": "Be brief."}, *r["prompt"]]} for r in rows]
+    assert build(with_system).avar_layers == [0, 1]
 
 
 def test_vas_and_visual_ratio_match_eager_attention_brute_force(family_setup):

@@ -1,4 +1,4 @@
-"""SITE (METHODS.md §3) on tiny random models: artifact, embedding, injection position, log-prob identity, best alphas."""
+"""SITE (docs/methods.md §3) on tiny random models: artifact, embedding, injection position, log-prob identity, best alphas."""
 
 import contextlib
 
@@ -203,3 +203,21 @@ def test_the_trained_target_token_is_never_a_bare_space():
     assert tok.decode(first_target_tokens(tok, [prompt], [target])) == "A"
     with pytest.raises(ValueError, match="whitespace-only"):
         first_target_tokens(tok, ["Q: ab\nA:"], [" AB"])
+
+
+@pytest.mark.parametrize("flag", ["use_transformers_continuous_batching", "use_vllm"])
+def test_site_trainer_refuses_generation_it_cannot_inject_into_before_trl_sets_up(tmp_path, monkeypatch, flag):
+    """Continuous batching packs the prompts (the last prompt token is not at Tp - 1 while the log-prob forwards
+    inject there); vLLM runs no forward hooks. Both are refused before AttnGRPOTrainer/TRL construct anything."""
+    from attnrl.injection.trainer import SITEGRPOTrainer
+    from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
+
+    started = []
+    monkeypatch.setattr(AttnGRPOTrainer, "__init__", lambda self, *a, **kw: started.append(a))
+    args = AttnGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, bf16=False,
+                          use_cpu=True, report_to=[], **{flag: True})
+    model = tiny_causal_lm("llama")
+    with pytest.raises(NotImplementedError, match=f"{flag}=False"):
+        SITEGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+                        processing_class=tiny_tokenizer(), site=_random_site(model))
+    assert started == []

@@ -1,12 +1,14 @@
-"""Credit-assignment settings shared by the GRPO and PPO trainers (METHODS.md §1)."""
+"""Credit-assignment settings shared by the GRPO and PPO trainers (docs/methods.md §1)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from attnrl.kernels.dispatch import BACKENDS
 
-from .strategies import STRATEGIES, CreditParams
+from .heads import HeadProfile, default_layers
+from .strategies import STRATEGIES, STRATEGY_NEEDS, CreditParams
 
 HEAD_PROFILE_MODES = ("per_batch", "cached")
 SIGN_MODES = ("both", "nonnegative")
@@ -15,7 +17,7 @@ STATS_PASSES = ("auto", "separate")
 
 @dataclass
 class CreditConfig:
-    """Attention-aware credit settings. Defaults follow METHODS.md; values marked "ours" are attnrl's choices."""
+    """Attention-aware credit settings. Defaults follow docs/methods.md; values marked "ours" are attnrl's choices."""
 
     credit_strategy: str = field(
         default="coupled",
@@ -99,6 +101,45 @@ class CreditConfig:
             raise ValueError(f"credit_coupled_k={self.credit_coupled_k} must be >= 1")
         if self.credit_layers is not None and len(self.credit_layers) == 0:
             raise ValueError("credit_layers=[] selects no layer; leave it unset for the default middle layers")
+        if self.credit_layers is not None:
+            repeated = sorted({layer for layer in self.credit_layers if self.credit_layers.count(layer) > 1})
+            if repeated:
+                raise ValueError(
+                    f"credit_layers={self.credit_layers} lists layers {repeated} more than once; list each layer once, "
+                    f"e.g. credit_layers={sorted(set(self.credit_layers))}"
+                )
+            negative = [layer for layer in self.credit_layers if layer < 0]
+            if negative:
+                raise ValueError(f"credit_layers={self.credit_layers} includes negative layers {negative}; layers "
+                                 "are counted from 0 (the first decoder layer)")
+        if self.credit_num_layers < 1:
+            raise ValueError(f"credit_num_layers={self.credit_num_layers} must be >= 1")
+
+    def validate_credit_layers(self, num_layers: int) -> None:
+        """:meth:`validate_credit`, then: the layers (``credit_layers`` or the default middle ones) lie in
+        0..num_layers-1 and match the layers of ``credit_head_profile_path`` if set. Raises ValueError.
+
+        Cheap (no forward): call it right after loading the model, before any evaluation or trainer set-up."""
+        self.validate_credit()
+        if "attention" not in STRATEGY_NEEDS[self.credit_strategy]:
+            return  # strategies without attention never read the layers
+        layers = sorted(self.credit_layers) if self.credit_layers else default_layers(num_layers, self.credit_num_layers)
+        bad = [layer for layer in layers if not 0 <= layer < num_layers]
+        if bad:
+            raise ValueError(
+                f"credit_layers={self.credit_layers} includes {bad}, out of range for a model with {num_layers} "
+                f"layers (valid: 0..{num_layers - 1}); leave credit_layers unset for the default middle layers"
+            )
+        if self.credit_head_profile_path:
+            if not Path(self.credit_head_profile_path).is_file():
+                raise FileNotFoundError(f"credit_head_profile_path={self.credit_head_profile_path} does not exist; "
+                                        "write one with HeadProfile.save or leave it unset")
+            profile = HeadProfile.load(self.credit_head_profile_path)
+            if profile.layers != layers:
+                raise ValueError(
+                    f"credit_head_profile_path holds layers {profile.layers} but credit_layers resolve to {layers}; "
+                    "set credit_layers to match or profile again"
+                )
 
     def credit_params(self) -> CreditParams:
         return CreditParams(

@@ -47,7 +47,19 @@ STRATEGY_NEEDS: dict[str, frozenset[str]] = {}
 
 
 def register_strategy(name: str, needs: tuple[str, ...] = ()) -> Callable[[StrategyFn], StrategyFn]:
+    """Register ``fn`` as credit strategy ``name``; ``needs`` names the statistics it reads.
+
+    A name can be registered once: registering another function under an existing name is an error (re-running
+    the same definition, e.g. on a module reload, is allowed).
+    """
+
     def deco(fn: StrategyFn) -> StrategyFn:
+        old = STRATEGIES.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(
+                f"credit strategy {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
+                "choose another name for the new strategy"
+            )
         STRATEGIES[name] = fn
         STRATEGY_NEEDS[name] = frozenset(needs)
         return fn

@@ -30,6 +30,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from attnrl.attention.capture import num_layers
+from attnrl.credit.config import credit_config_from
 from attnrl.models import load_model_and_tokenizer
 from attnrl.recipes.grpo import (
     GRPOJobArguments,
@@ -130,6 +132,7 @@ def train_worker(config: dict) -> None:
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(job, ray_args)
+    credit_config_from(args).validate_credit_layers(num_layers(model))  # before any evaluation or trainer set-up
     train_set, eval_set = job_datasets(job)
     evaluate = held_out_evaluator(job, tokenizer, eval_set)
 

@@ -1,4 +1,4 @@
-"""SITE (METHODS.md §3): soft injection of task embeddings into attention-head outputs.
+"""SITE (docs/methods.md §3): soft injection of task embeddings into attention-head outputs.
 
 - :func:`task_embedding`: mean head outputs (o_proj inputs) at the last token of few-shot prompts, (L, H, Dh).
 - :func:`train_head_selection`: learn alpha = sigmoid(logits) (L, H) on a frozen model, keeping the best validated.

@@ -1,4 +1,4 @@
-"""SITE (METHODS.md §3): task embeddings from few-shot prompts, softly injected into attention-head outputs.
+"""SITE (docs/methods.md §3): task embeddings from few-shot prompts, softly injected into attention-head outputs.
 
 Head outputs are the input of each decoder layer's ``o_proj`` split per head: a^{l,h} (Dh,) at a position.
 - Task embedding t^{l,h}: mean over M few-shot prompts of a^{l,h} at the prompt's last token.

@@ -1,4 +1,4 @@
-"""Learning SITE's soft head selection (METHODS.md §3).
+"""Learning SITE's soft head selection (docs/methods.md §3).
 
 The model is frozen; the only parameters are the logits (L, H) of alpha = sigmoid(logit), initialised to 0.
 Adam (lr 0.2), 400 steps, batch 1 of zero-shot prompts, loss = cross-entropy of the first target token at the last

@@ -6,7 +6,10 @@ sequence. The last prompt token is therefore index Tp - 1 in all of them, and th
 there in each: around generation (``_generate_single_turn``, Tp = the padded prompt width TRL generates from),
 around TRL's log-prob helper (``_get_per_token_logps_and_entropies``, Tp = sequence length - completion length)
 and around the credit assigner's own statistics pass. Importance ratios thus compare the same policy.
-vLLM generation cannot be hooked and is refused.
+vLLM generation cannot be hooked and is refused; so is TRL's transformers continuous batching
+(``use_transformers_continuous_batching``, formerly ``use_transformers_paged``), which packs the prompts so that a
+prompt's last token is not at Tp - 1 during generation while the log-prob forwards inject there. Both are refused
+at construction, before TRL sets anything up.
 """
 
 from __future__ import annotations
@@ -38,9 +41,18 @@ class SITEGRPOTrainer(AttnGRPOTrainer):
     """``AttnGRPOTrainer(model, reward_funcs, args, ..., site=TaskEmbedding.load(path))``."""
 
     def __init__(self, model, reward_funcs=None, args=None, *pargs, site: TaskEmbedding, **kwargs):
+        if getattr(args, "use_vllm", False):
+            raise NotImplementedError("SITE injects through forward hooks, which vLLM generation does not run; set "
+                                      "use_vllm=False")
+        if getattr(args, "use_transformers_continuous_batching", False) or getattr(args, "use_transformers_paged",
+                                                                                   False):
+            raise NotImplementedError(
+                "SITE does not support use_transformers_continuous_batching: continuous batching packs the prompts, "
+                "so the injection would not sit on each prompt's last token during generation while the log-prob "
+                "forwards inject at the last prompt position (wrong importance ratios); set "
+                "use_transformers_continuous_batching=False"
+            )
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        if self.use_vllm:
-            raise NotImplementedError("SITE injects through forward hooks, which vLLM generation does not run")
         policy = self.accelerator.unwrap_model(self.model)
         layout = attention_heads(policy)
         expected = (len(layout.modules), layout.num_heads, layout.head_dim)

@@ -8,7 +8,7 @@ from attnrl.rewards import accuracy_reward
 
 from .scores import visual_attention_score
 from .statistics import collect_statistics
-from .tokens import token_sets
+from .tokens import empty_system_error, token_sets
 
 __all__ = ["evaluate_visual", "prompt_inputs"]
 
@@ -29,19 +29,28 @@ def prompt_inputs(processor, rows: list[dict]) -> dict:
 @torch.no_grad()
 def evaluate_visual(model, processor, rows: list[dict], layers, *, max_new_tokens: int = 16,
                     batch_size: int = 8) -> dict[str, float]:
-    """{"accuracy": greedy exact-answer accuracy, "vas": mean VAS of the prompts over ``layers``}."""
+    """{"accuracy": greedy exact-answer accuracy, "vas": mean VAS of the prompts over ``layers``}.
+
+    ValueError before any generation when a prompt has no system tokens (VAS is undefined without S)."""
     device = next(model.parameters()).device
+    batches = []
+    for i in range(0, len(rows), batch_size):  # every prompt's token sets are checked before any generation
+        inputs = prompt_inputs(processor, rows[i : i + batch_size])
+        sets = token_sets(inputs["input_ids"], inputs["attention_mask"], processor)
+        empty = [i + int(r) for r in (sets.system.sum(1) == 0).nonzero().flatten()]
+        if empty:
+            raise empty_system_error(empty, "VAS of the evaluation rows")
+        batches.append((rows[i : i + batch_size], inputs, sets))
     correct, vas = [], []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        inputs = prompt_inputs(processor, chunk).to(device)
+    for chunk, inputs, sets in batches:
+        inputs = inputs.to(device)
         T = inputs["input_ids"].shape[1]
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.batch_decode(out[:, T:], skip_special_tokens=True)
         correct += accuracy_reward(texts, [row["answer"] for row in chunk])
-        sets = token_sets(inputs["input_ids"], inputs["attention_mask"], processor)
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         stats = collect_statistics(model, layers, inputs["input_ids"], inputs["attention_mask"],
-                                   torch.full_like(inputs["input_ids"][:, 0], T), key_masks=sets.key_masks(), **extra)
+                                   torch.full_like(inputs["input_ids"][:, 0], T), key_masks=sets.key_masks().to(device),
+                                   **extra)
         vas += visual_attention_score({layer: s.span_mass for layer, s in stats.items()}, sets.user).tolist()
     return {"accuracy": sum(c or 0.0 for c in correct) / len(rows), "vas": sum(vas) / len(vas)}

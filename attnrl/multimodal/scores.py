@@ -1,4 +1,4 @@
-"""AVAR attention scores from per-layer span masses (METHODS.md §2).
+"""AVAR attention scores from per-layer span masses (docs/methods.md §2).
 
 Input everywhere: ``span_mass`` = {layer: (B, H, T, 2)} float, the attention mass of each query row on the key sets
 [V, S] (``AttentionStats.span_mass`` of a capture with ``TokenSets.key_masks()``), i.e.
@@ -8,6 +8,8 @@ span_mass[b, h, t, 0] = sum_{k in V} A^{l,h}_{t,k} and span_mass[..., 1] = sum_{
 from __future__ import annotations
 
 import torch
+
+from .tokens import empty_system_error
 
 __all__ = ["AVAR_DEFAULT_LAYERS", "AVAR_EPS", "resolve_avar_layers", "visual_anchor_ratio", "visual_attention_score"]
 
@@ -31,14 +33,23 @@ def _stack(span_mass: dict[int, torch.Tensor], layers) -> torch.Tensor:
     return torch.stack([span_mass[layer].float() for layer in layers])  # (L, B, H, T, 2)
 
 
+def _require_system_mass(m: torch.Tensor, what: str) -> None:
+    """m: (L, B, H, T, 2). A row whose S mass is 0 on every layer, head and query has an empty S: refused."""
+    empty = (m[..., 1].amax(dim=(0, 2, 3)) <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise empty_system_error(empty, what)
+
+
 def visual_attention_score(
     span_mass: dict[int, torch.Tensor], user_mask: torch.Tensor, layers=None
 ) -> torch.Tensor:
     """VAS per row (B,): mean over layers l, heads h and rows i in U of mass_V^{l,h}_i / mass_S^{l,h}_i.
 
-    user_mask: (B, T) bool (U). Rows with an empty U give NaN. Bands: narrow < 10, wide 10-15, panoramic > 15.
+    user_mask: (B, T) bool (U). Rows with an empty U give NaN; a row with an empty S raises ValueError.
+    Bands: narrow < 10, wide 10-15, panoramic > 15.
     """
     m = _stack(span_mass, layers)
+    _require_system_mass(m, "VAS")
     ratio = m[..., 0] / m[..., 1]  # (L, B, H, T); S always holds real keys, so mass_S > 0 on U rows
     u = user_mask.to(ratio.device)
     per_row = torch.where(u[None, :, None, :], ratio, torch.zeros_like(ratio)).sum((0, 2, 3))
@@ -53,9 +64,11 @@ def visual_anchor_ratio(
 
     (1/|R|) sum_{t in R} (1/|L'|) sum_{l in L'} [ sum_{k in V} Ā^l_{t,k} / (sum_{k in S} Ā^l_{t,k} + eps) ],
     Ā^l = head mean of A^l, so the ratio is of head-mean masses, per token, then averaged over layers and tokens.
-    response_mask: (B, T) bool (R); a row with no response token scores 0.
+    response_mask: (B, T) bool (R); a row with no response token scores 0; a row with an empty S raises ValueError.
     """
-    head_mean = _stack(span_mass, layers).mean(2)  # (L, B, T, 2)
+    m = _stack(span_mass, layers)
+    _require_system_mass(m, "r_visual")
+    head_mean = m.mean(2)  # (L, B, T, 2)
     per_token = (head_mean[..., 0] / (head_mean[..., 1] + eps)).mean(0)  # (B, T)
     r = response_mask.to(per_token.device)
     total = torch.where(r, per_token, torch.zeros_like(per_token)).sum(1)

@@ -1,4 +1,4 @@
-"""Attention-guided cold-start objective (METHODS.md §2): L = L_LM + 0.15 L_enh + 0.15 L_sup.
+"""Attention-guided cold-start objective (docs/methods.md §2): L = L_LM + 0.15 L_enh + 0.15 L_sup.
 
     L_enh = -(1/|L'|) sum_l (1/H) sum_h log[ mean_{q in U, k in V} A^{l,h}_{q,k} ]
     L_sup = +(1/|L'|) sum_l (1/H) sum_h log[ mean_{q in U, k in S} A^{l,h}_{q,k} + eps ]
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention_function import decoder_attention_modules, mm_attention, state
-from .tokens import TokenSets
+from .tokens import TokenSets, require_system_span
 
 __all__ = ["AttentionGuidedLoss", "QueryAttentionRecorder", "attention_guided_sft_loss", "attention_guided_terms",
            "record_query_attention"]
@@ -129,6 +129,7 @@ def attention_guided_sft_loss(
     attention-guided terms of ``layers``. ``sets`` are the batch's token sets (V, S and U are used)."""
     if bool((sets.image.sum(1) == 0).any()):
         raise ValueError("a row has no image token: L_enh = -log(mean U->V attention) is undefined without V")
+    require_system_span(sets, "L_sup = log(mean U->S attention + eps)")
     with record_query_attention(
         model, layers, sets.user, torch.stack([sets.image, sets.system], 1), batch["attention_mask"]
     ) as rec:

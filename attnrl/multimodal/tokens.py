@@ -1,10 +1,12 @@
-"""Token sets of METHODS.md §2 read off a chat-formatted batch: V (image), S (system), U (user query), R (response).
+"""Token sets of docs/methods.md §2 read off a chat-formatted batch: V (image), S (system), U (user query), R (response).
 
 Definitions (per row of a padded batch, positions in the padded coordinates):
 - V: the image placeholder tokens (``<|image_pad|>``) of the prompt; each is one visual embedding.
 - S: everything before the first user turn: from the first real token up to (excluding) the ``<|im_start|>`` that
   opens the first ``user`` turn. With the Qwen-VL templates this is ``<|im_start|>system\\n...<|im_end|>\\n``,
-  including the default system prompt the template inserts.
+  including the default system prompt the template inserts. A template without a system turn (and no system
+  message in the prompt) leaves S empty: AVAR's ratios mass_V / mass_S are then undefined and refused
+  (:func:`require_system_span`).
 - U: the content of the user turns (after the ``<|im_start|>user\\n`` header, before ``<|im_end|>``) without the
   vision tokens (``<|vision_start|>``, ``<|image_pad|>``, ``<|video_pad|>``, ``<|vision_end|>``): the query text.
 - R: ``[resp_start, end of the row)``.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SpecialTokenIds", "TokenSets", "token_sets"]
+__all__ = ["SpecialTokenIds", "TokenSets", "empty_system_error", "require_system_span", "token_sets"]
 
 _ROLE_HEADER_MAX_TOKENS = 8
 
@@ -61,6 +63,23 @@ class TokenSets:
     def key_masks(self) -> torch.Tensor:
         """(B, 2, T) float masks [V, S], the ``key_masks`` argument of the attention-statistics kernels."""
         return torch.stack([self.image, self.system], 1).float()
+
+
+def empty_system_error(rows: list[int], what: str) -> ValueError:
+    """The error for batch rows whose system span S is empty (no system turn before the first user turn)."""
+    return ValueError(
+        f"{what}: rows {rows} have no system tokens (S is empty: the chat template put no system turn before the "
+        "first user turn), so mass_V / mass_S divides by zero (by eps in r_visual, giving values near 1/eps). Give "
+        "each prompt a system message, e.g. {'role': 'system', 'content': 'You are a helpful assistant.'}, or use a "
+        "chat template that inserts a default one, as the Qwen2-VL / Qwen2.5-VL templates do (docs/methods.md §2)"
+    )
+
+
+def require_system_span(sets: TokenSets, what: str) -> None:
+    """ValueError (:func:`empty_system_error`) when a row of ``sets`` has an empty S."""
+    empty = (sets.system.sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise empty_system_error(empty, what)
 
 
 def _role_header(ids: list[int], start: int, end: int, tokenizer) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""AVARGRPOTrainer: AttnGRPOTrainer whose rewards may use the policy's attention (AVAR, METHODS.md §2).
+"""AVARGRPOTrainer: AttnGRPOTrainer whose rewards may use the policy's attention (AVAR, docs/methods.md §2).
 
 Rewards are needed before advantages, so the attention term of r_visual comes from a no-grad statistics forward at
 scoring time, and that one forward also serves credit assignment whenever credit needs a scoring-time pass:
@@ -15,6 +15,10 @@ scoring time, and that one forward also serves credit assignment whenever credit
    the AVAR pass covers only the AVAR layers (0..7 by default: the cheapest extra forward); otherwise it also covers
    the credit layers and hands them to :class:`SharedPassCreditAssigner`, which reuses them instead of running its
    own pass (checked on the ids and mask; on any mismatch it runs its own pass, so a wrong guess costs time only).
+
+Prompts need system tokens (S): the Qwen2-VL / Qwen2.5-VL templates insert a default system turn; with a template
+that does not, the trainer refuses a dataset whose first prompt has no system message (at construction) and any
+rollout row without S (at scoring), instead of dividing by eps.
 
 Logged: ``avar/visual_ratio`` (mean attention term), ``avar/vas`` (VAS of the prompts over the AVAR layers).
 Tool-calling rollouts (several generation turns) are not supported.
@@ -37,7 +41,7 @@ from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 
 from .scores import AVAR_EPS, resolve_avar_layers, visual_anchor_ratio, visual_attention_score
 from .statistics import collect_statistics
-from .tokens import SpecialTokenIds, token_sets
+from .tokens import SpecialTokenIds, require_system_span, token_sets
 
 __all__ = ["AVARConfig", "AVARGRPOConfig", "AVARGRPOTrainer", "SharedPassCreditAssigner"]
 
@@ -96,8 +100,24 @@ class AVARGRPOTrainer(AttnGRPOTrainer):
         self.avar_layers = resolve_avar_layers(getattr(args, "avar_layers", None), num_layers(policy))
         self.avar_eps = getattr(args, "avar_eps", AVAR_EPS)
         self.special_ids = SpecialTokenIds.from_tokenizer(self.processing_class)
+        self._check_system_span()
         self.credit = SharedPassCreditAssigner(self.credit_config, policy)
         self._rollout_prompts: tuple[list, dict] | None = None
+
+    def _check_system_span(self) -> None:
+        """ValueError when the first training prompt renders without system tokens (r_visual and VAS divide by
+        the attention mass on S; every rollout batch is checked again in :func:`visual_anchor_ratio`)."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
+            return
+        prompt = dataset[0].get("prompt")
+        if not (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
+            return  # not conversational: token_sets refuses it at the first batch
+        text = self.processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        sets = token_sets(ids, torch.ones_like(ids), tok, special=self.special_ids)
+        require_system_span(sets, "r_visual (first training prompt)")
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         self._rollout_prompts = (prompt_ids, multimodal_fields)

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from attnrl.credit.config import CreditConfig
+from attnrl.attention.capture import num_layers
+from attnrl.credit.config import CreditConfig, credit_config_from
 from attnrl.evaluation import EvalResult, evaluate_accuracy
 from attnrl.models import DEFAULT_MODEL, load_model_and_tokenizer
 from attnrl.report import analyze_response, plot_reward_curve, plot_rhythm, rhythm_html
@@ -50,11 +51,17 @@ class GRPOJobArguments:
     skip_eval_before: bool = field(default=False, metadata={"help": "Skip the base-model evaluation."})
 
     def validate(self) -> None:
+        """Raise ValueError naming the bad field (no model needed)."""
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown; choose one of {sorted(TASKS)}")
         bad = [r for r in self.reward_names if r not in ("correct", "format")]
         if bad or not self.reward_names:
             raise ValueError(f"reward_names={self.reward_names}: use 'correct' and/or 'format'")
+        for name in ("train_size", "eval_size", "eval_batch_size", "eval_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r={self.lora_r} must be >= 0 (0 trains the full model)")
 
 
 def task_rewards(task: str, names: list[str]) -> list:
@@ -106,15 +113,19 @@ def job_results(job, args, trainer, before: float | None, after: EvalResult, sec
 
 
 def run_job(job: GRPOJobArguments, args, trainer_cls, algorithm: str) -> dict:
-    """The job's steps with any attnrl trainer class taking TRL's constructor arguments (GRPO, PPO)."""
+    """The job's steps with any attnrl trainer class taking TRL's constructor arguments (GRPO, PPO).
+
+    Every config check runs before any model work: the job's and the credit fields before loading the model, the
+    credit layers against the model's layer count right after loading it (before the base-model evaluation)."""
     job.validate()
-    args.validate_credit()
+    credit = credit_config_from(args)  # validates the credit fields
     out_dir = Path(args.output_dir)
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     model, tokenizer = load_model_and_tokenizer(job.model_name_or_path)
+    credit.validate_credit_layers(num_layers(model))
     train_set, eval_set = job_datasets(job)
     evaluate = held_out_evaluator(job, tokenizer, eval_set)
 
