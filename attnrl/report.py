@@ -31,7 +31,7 @@ class RhythmAnalysis:
 @torch.no_grad()
 def analyze_response(model, tokenizer, prompt: list[dict], completion: str, config: CreditConfig) -> RhythmAnalysis:
     """WAAD/FAI curves and token roles of ``completion`` answering ``prompt`` under ``model`` (one forward)."""
-    assigner = CreditAssigner(config, model)
+    assigner = CreditAssigner(config, model, reduce_across_ranks=False)  # one rank may call this alone
     if not assigner.layers:
         raise ValueError(f"credit_strategy={config.credit_strategy!r} uses no attention; analyse with 'coupled'")
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -178,3 +178,138 @@ def test_training_survives_hung_and_raising_rewards_and_logs_the_failures(ray_cl
     logged = [e for e in trainer.state.log_history if "reward_pool/flaky_reward/failures" in e]
     assert sum(e["reward_pool/flaky_reward/failures"] for e in logged) > 0
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
+
+
+# ------------------------------------------------------------------ one local/global head split for all ranks
+
+
+def _head_split_batch():
+    """4 rollouts (prompts (4, 6) left-padded, completions (4, 16) right-padded) whose two halves, one per rank,
+    have different head splits of their own."""
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(3, 100, (4, 6), generator=g)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[1, :2] = prompt_mask[3, :3] = 0
+    completion_ids = torch.randint(3, 100, (4, 16), generator=g)
+    completion_mask = (torch.arange(16)[None] < torch.tensor([4, 6, 16, 13])[:, None]).long()
+    return prompt_ids * prompt_mask, prompt_mask, completion_ids * completion_mask, completion_mask
+
+
+def _head_split_config(mode="per_batch"):
+    from attnrl.credit.config import CreditConfig
+
+    return CreditConfig(credit_fai_lo=1, credit_fai_hi=6, credit_window=3, credit_head_profile=mode)
+
+
+def _head_split_worker(rank, world_size, init_file, out_dir):
+    """One gloo rank: the head split of its half of the batch, per batch and cached (then a second, other batch)."""
+    import torch.distributed as dist
+
+    from attnrl.credit.assigner import CreditAssigner
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = tiny_causal_lm("llama")
+        rows = slice(2 * rank, 2 * rank + 2)
+        mine = [t[rows] for t in _head_split_batch()]
+        per_batch = CreditAssigner(_head_split_config("per_batch"), model).assign(model, *mine).profile
+        cached = CreditAssigner(_head_split_config("cached"), model)
+        first = cached.assign(model, *mine).profile
+        later = cached.assign(model, *[t[rank:rank + 1] for t in _head_split_batch()]).profile  # no collective
+        torch.save({"per_batch": per_batch, "cached_first": first, "cached_later": later}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _same_split(a, b):
+    return torch.equal(a.local, b.local) and torch.equal(a.global_, b.global_)
+
+
+def test_gloo_ranks_get_one_head_split_equal_to_the_whole_batch_split(tmp_path):
+    """Two gloo processes, each holding half of a batch, get the same local/global split, and it is the split of
+    the whole batch on one process (head-distance sums and token counts are reduced over ranks)."""
+    from attnrl.credit.assigner import CreditAssigner
+
+    torch.multiprocessing.spawn(_head_split_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    model = tiny_causal_lm("llama")
+    batch = _head_split_batch()
+    whole = CreditAssigner(_head_split_config(), model).assign(model, *batch).profile
+    halves = [CreditAssigner(_head_split_config(), model).assign(model, *[t[2 * r:2 * r + 2] for t in batch]).profile
+              for r in range(2)]
+    assert not _same_split(halves[0], halves[1]) and not _same_split(halves[0], whole)  # the test can tell
+    for rank in ranks:
+        for key in ("per_batch", "cached_first", "cached_later"):
+            assert _same_split(rank[key], whole), key
+            torch.testing.assert_close(rank[key].distances, whole.distances, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ranks[0]["per_batch"].distances, ranks[1]["per_batch"].distances)  # bitwise, on every rank
+
+
+ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+
+def _grpo_head_split_worker(config):
+    """Ray Train worker: one on-policy AttnGRPOTrainer step (learning rate 0, so the weights stay the rollout
+    policy's); saves the head split the loss forward used and the rollout batch it was computed on."""
+    import ray.train
+
+    torch.set_num_threads(1)
+    rank = ray.train.get_context().get_world_rank()
+    rows = [{"prompt": [{"role": "user", "content": f"add {i} and {7 * i}"}]} for i in range(8)]
+    trainer = AttnGRPOTrainer(model=tiny_causal_lm("llama"), reward_funcs=digit_reward, processing_class=tiny_tokenizer(),
+                              args=_args(config["output_dir"], **config["args"]), train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    batch = trainer._buffered_inputs[0]  # the batch of the (single) loss forward
+    assert "old_per_token_logps" not in batch  # statistics came from the loss forward inside DDP
+    torch.save({"profile": trainer.last_credit.profile, **{k: batch[k].cpu() for k in ROLLOUT_KEYS}},
+               f"{config['output_dir']}/rank{rank}.pt")
+    ray.train.report({})
+
+
+def _pad_cat(batches):
+    """Rollout batches of different widths as one: prompts left-padded, completions right-padded (id 0, mask 0)."""
+    tp = max(b["prompt_ids"].shape[1] for b in batches)
+    tc = max(b["completion_ids"].shape[1] for b in batches)
+    pad = torch.nn.functional.pad
+    out = {k: [] for k in ROLLOUT_KEYS}
+    for b in batches:
+        for k in ("prompt_ids", "prompt_mask"):
+            out[k].append(pad(b[k], (tp - b[k].shape[1], 0)))
+        for k in ("completion_ids", "completion_mask"):
+            out[k].append(pad(b[k], (0, tc - b[k].shape[1])))
+    return [torch.cat(out[k]) for k in ROLLOUT_KEYS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["per_batch", "cached"])
+def test_two_ray_train_workers_use_the_head_split_of_both_ranks_rollouts(ray_cluster, tmp_path, mode):
+    """2 gloo workers in Ray Train, one AttnGRPOTrainer step each on different prompts: both ranks use the same
+    local/global split, the split one process computes on both rollout batches together."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from attnrl.credit.assigner import CreditAssigner
+
+    out = tmp_path / "run"
+    out.mkdir()
+    ray_args = RayArguments(num_workers=2, storage_path=str(tmp_path / "storage"))
+    TorchTrainer(
+        _grpo_head_split_worker,
+        train_loop_config={"output_dir": str(out), "args": dict(
+            max_steps=1, learning_rate=0.0, save_strategy="no", max_completion_length=12, credit_head_profile=mode)},
+        scaling_config=ray_args.scaling_config(),
+        run_config=ray_args.run_config(out),
+        torch_config=TorchConfig(backend="gloo"),
+    ).fit()
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert not torch.equal(ranks[0]["prompt_ids"], ranks[1]["prompt_ids"])  # different slices of the data
+
+    model = tiny_causal_lm("llama")  # = the rollout policy (learning rate 0)
+    config = _head_split_config(mode)
+    whole = CreditAssigner(config, model).assign(model, *_pad_cat(ranks)).profile
+    own = [CreditAssigner(config, model).assign(model, *[r[k] for k in ROLLOUT_KEYS]).profile for r in ranks]
+    assert not (_same_split(own[0], whole) and _same_split(own[1], whole))  # per-rank splits would differ
+    for rank in ranks:
+        assert _same_split(rank["profile"], whole)
+        torch.testing.assert_close(rank["profile"].distances, whole.distances, atol=1e-4, rtol=1e-4)

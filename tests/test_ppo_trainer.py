@@ -1,5 +1,7 @@
 """AttnPPOTrainer end to end on tiny models: the critic learns, checkpoints resume exactly, credit scales GAE."""
 
+import copy
+
 import pytest
 import torch
 from datasets import Dataset
@@ -169,3 +171,34 @@ def test_run_ppo_job_on_a_tiny_model(tmp_path):
     for f in ("report/results.json", "report/report.md", "report/reward_curve.png", "report/rhythm.html",
               "adapter/adapter_model.safetensors", "adapter/critic/value_head.safetensors"):
         assert (tmp_path / "run" / f).exists(), f
+
+
+def test_rollout_samples_from_the_distribution_whose_log_probs_it_trains(tmp_path):
+    """The model ships a generation_config with logits processors (as instruct checkpoints do); the rollout must
+    ignore them: the sampler's processed scores are exactly softmax(logits / temperature) of the trainer's forward."""
+    model = tiny_causal_lm("llama")
+    shipped = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, min_p=0.2, typical_p=0.9, top_k=5,
+                   suppress_tokens=[40, 41], min_new_tokens=3, epsilon_cutoff=0.01)
+    model.generation_config.update(**shipped)
+    trainer = AttnPPOTrainer(model=model, reward_funcs=a_fraction_reward, train_dataset=_dataset(),
+                             args=_args(tmp_path, temperature=0.7, max_completion_length=8),
+                             processing_class=tiny_tokenizer(), peft_config=_lora())
+    scores, generate = [], trainer.model.generate
+
+    def generate_recording_scores(generation_config, **kwargs):
+        config = copy.deepcopy(generation_config)
+        config.output_scores = config.return_dict_in_generate = True
+        out = generate(generation_config=config, **kwargs)
+        scores.append(torch.stack(out.scores, 1))  # (B, Tc, V) the sampler's processed logits
+        return out.sequences
+
+    trainer.model.generate = generate_recording_scores
+    rollout = trainer.make_rollout(trainer._next_prompts())
+    m = rollout.completion_mask.bool()
+    sampler = torch.log_softmax(scores[0].float(), -1)
+    sampled = sampler.gather(-1, rollout.completion_ids[..., None]).squeeze(-1)
+    assert m.sum() > 8
+    torch.testing.assert_close(sampled[m], rollout.logprobs[m], atol=1e-4, rtol=1e-4)
+    entropy = -(sampler.exp() * sampler.nan_to_num(neginf=0.0)).sum(-1)
+    torch.testing.assert_close(entropy[m], rollout.entropy[m], atol=1e-4, rtol=1e-4)  # the whole distribution
+    assert {k: getattr(trainer.model.get_base_model().generation_config, k) for k in shipped} == shipped  # restored

@@ -100,6 +100,65 @@ def test_multiple_iterations_use_the_separate_pass(tmp_path):
     assert "old_per_token_logps" in out and out["advantages"].shape == out["completion_ids"].shape
 
 
+class RecordingTrainer(AttnGRPOTrainer):
+    """Records, on every loss computation, the batch (by identity), its advantages as the loss reads them (right
+    after the loss forward, where TRL reads them), the group advantages on the batch's first use, and gamma."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uses: list[dict] = []
+        self._loss_inputs = None
+        self._first_seen: dict[int, torch.Tensor] = {}
+
+    def _compute_loss(self, model, inputs):
+        self._first_seen.setdefault(id(inputs), inputs["advantages"].clone())
+        self._loss_inputs = inputs
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._loss_inputs is not None and torch.is_grad_enabled():  # the loss forward; TRL reads A next
+            batch = self._loss_inputs
+            self.uses.append({"batch": id(batch), "advantages": batch["advantages"].clone(),
+                              "group": self._first_seen[id(batch)], "gamma": self.last_credit.gamma.clone(),
+                              "mask": batch["completion_mask"].bool()})
+        return out
+
+
+@pytest.mark.parametrize("credit_stats_pass", ["auto", "separate"])
+def test_reused_rollout_batch_is_shaped_once_on_every_use(tmp_path, credit_stats_pass):
+    """num_iterations=2 with accumulation 2 and steps_per_generation 1: TRL computes no old log-probs (on-policy)
+    and hands the same buffered batch to the loss twice in one optimizer step; both uses must see gamma * A."""
+    trainer = RecordingTrainer(
+        model=tiny_causal_lm("llama"), reward_funcs=length_reward, train_dataset=_dataset(),
+        processing_class=tiny_tokenizer(),
+        args=_args(tmp_path, max_steps=2, num_iterations=2, gradient_accumulation_steps=2, steps_per_generation=1,
+                   credit_stats_pass=credit_stats_pass),
+    )
+    trainer.train()
+    assert len(trainer.uses) == 4
+    assert [u["batch"] for u in trainer.uses[::2]] == [u["batch"] for u in trainer.uses[1::2]]  # each used twice
+    for first, second in zip(trainer.uses[::2], trainer.uses[1::2]):
+        torch.testing.assert_close(second["advantages"], first["advantages"])
+    if credit_stats_pass == "separate":  # shaped once at scoring time (before TRL shuffles the rows)
+        assert all(u["group"].shape == u["advantages"].shape == (4, 12) for u in trainer.uses)
+        return
+    for use in trainer.uses:  # on-policy: gamma from this loss forward, applied to the unshaped A (B,)
+        assert use["group"].shape == (4,) and use["group"].abs().max() > 0 and use["gamma"].max() > 1
+        _assert_gamma_times_group_advantage(use["advantages"], use["group"], use["gamma"], use["mask"])
+
+
+def test_applying_credit_twice_is_idempotent(tmp_path):
+    trainer = _trainer(tmp_path, credit_stats_pass="separate")
+    out = _rollout(trainer)
+    shaped, result = out["advantages"].clone(), trainer.last_credit
+    trainer._apply_credit(out, result, "train")
+    torch.testing.assert_close(out["advantages"], shaped)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])
 def test_every_trl_loss_type_trains(tmp_path, loss_type):
     kw = {"importance_sampling_level": "sequence"} if loss_type == "luspo" else {}

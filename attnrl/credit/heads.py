@@ -20,14 +20,37 @@ def default_layers(num_layers: int, count: int = 5) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (count - 1)) for i in range(count)})
 
 
-def head_mean_distances(stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> torch.Tensor:
-    """d^{l,h}: mean over all response tokens of the batch of sum_s A_{t,s}(t-s). Returns (n_layers, H).
+def head_distance_sums(stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sums (n_layers, H), count ()): sum over the batch's response tokens of sum_s A_{t,s}(t-s), and their number.
 
     stats: per layer, dist_sum of shape (B, H, T); response_mask: (B, T) bool over the same T.
     """
     m = response_mask.to(next(iter(stats.values())).dist_sum.dtype)
-    denom = m.sum().clamp(min=1.0)
-    return torch.stack([(s.dist_sum * m[:, None]).sum((0, 2)) / denom for _, s in sorted(stats.items())])
+    return torch.stack([(s.dist_sum * m[:, None]).sum((0, 2)) for _, s in sorted(stats.items())]), m.sum()
+
+
+def distributed_world_size() -> int:
+    """Processes in the default torch.distributed group (1 when it is not initialised)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def head_mean_distances(
+    stats: dict[int, AttentionStats], response_mask: torch.Tensor, reduce_across_ranks: bool = False
+) -> torch.Tensor:
+    """d^{l,h}: mean over all response tokens of the batch of sum_s A_{t,s}(t-s) (tokens). Returns (n_layers, H).
+
+    stats: per layer, dist_sum of shape (B, H, T); response_mask: (B, T) bool over the same T. With
+    ``reduce_across_ranks`` and an initialised torch.distributed group of more than one process, the sums and token
+    counts are summed over the ranks first (one all_reduce, which every rank must enter), so every rank gets the
+    distances of the whole data-parallel batch, as one process holding all of it would (docs/methods.md §1.1).
+    """
+    sums, count = head_distance_sums(stats, response_mask)
+    if reduce_across_ranks and distributed_world_size() > 1:
+        packed = torch.cat([sums.flatten(), count[None]])
+        torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.SUM)
+        sums, count = packed[:-1].view_as(sums), packed[-1]
+    return sums / count.clamp(min=1.0)
 
 
 @dataclass

@@ -6,8 +6,13 @@ A drop-in for ``trl.GRPOTrainer``: same constructor, same config (plus ``credit_
 - on-policy (TRL computes no old log-probs, so its loss forward runs on the rollout policy's weights): the
   statistics are recorded during that loss forward, and gamma is applied to ``inputs["advantages"]`` inside it,
   right after the last analysed layer and before the loss reads them — no extra forward at all;
-- otherwise (num_iterations > 1, vLLM importance sampling, ``credit_stats_pass="separate"``): a no-grad
-  statistics forward of the rollout policy at scoring time, stopped after the last analysed layer.
+- otherwise (gradient accumulation not a multiple of ``steps_per_generation * num_iterations``, vLLM importance
+  sampling, ``credit_stats_pass="separate"``): a no-grad statistics forward of the rollout policy at scoring time,
+  stopped after the last analysed layer.
+
+TRL hands one buffered batch to the loss several times when ``num_iterations > 1`` (on-policy too, when the
+accumulation is a multiple of ``steps_per_generation * num_iterations``). The group advantages A (B,) are kept
+unshaped in the batch and gamma is always applied to them, so every use trains on gamma * A, never gamma^k * A.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from attnrl.credit.strategies import shape_advantages
 # forward arguments TRL keeps for vision-language models; the statistics pass needs the same inputs
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
                     "mm_token_type_ids")
+# batch key of the group advantages A (B,) as TRL computed them; shaping always starts from these
+UNSHAPED_ADVANTAGES = "_attnrl_unshaped_advantages"
 
 
 @dataclass
@@ -91,9 +98,11 @@ class AttnGRPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
 
     def _apply_credit(self, batch: dict, result: CreditResult, mode: str, seconds: float | None = None) -> None:
-        """advantages (B,) -> (B, Tc) = gamma * A in ``batch``; log the credit metrics (``seconds``: extra time)."""
+        """``batch["advantages"]`` = (B, Tc) gamma * A, from the unshaped A (B,) kept under UNSHAPED_ADVANTAGES
+        (idempotent: a reused batch is never shaped twice); log the credit metrics (``seconds``: extra time)."""
+        unshaped = batch.setdefault(UNSHAPED_ADVANTAGES, batch["advantages"])
         batch["advantages"] = shape_advantages(
-            batch["advantages"], result.gamma, batch["completion_mask"].bool(), self.credit_config.credit_sign_mode
+            unshaped, result.gamma, batch["completion_mask"].bool(), self.credit_config.credit_sign_mode
         )
         if seconds is not None:
             result.metrics["credit/seconds"] = seconds

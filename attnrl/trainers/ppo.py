@@ -3,8 +3,10 @@
 One training step (:meth:`AttnPPOTrainer.train`), top to bottom:
 
 1. rollout: sample ``per_device_train_batch_size / num_generations`` prompts, generate ``num_generations``
-   completions each (left-padded prompts, sampling at ``temperature`` with no top-k/top-p so the sampler is the
-   policy whose log-probs are trained), score them with the reward functions (TRL signature);
+   completions each (left-padded prompts, plain sampling from softmax(logits / ``temperature``) with every other
+   logits processor off, whatever the model's own ``generation_config`` says, so the sampler is the policy whose
+   log-probs are trained: :func:`sampling_generation_config`), score them with the reward functions (TRL
+   signature);
 2. rollout statistics under no grad: old log-probs, reference log-probs (peft: the adapter disabled; otherwise a
    frozen copy; skipped when ``kl_coef == 0``), values, and gamma_t from :class:`CreditAssigner` on the rollout
    policy (detached);
@@ -21,6 +23,7 @@ adapter switching never go through a DDP wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -217,9 +220,8 @@ class AttnPPOTrainer:
         self.last_rollout: Rollout | None = None
         self.optimizer, self.lr_scheduler = self._build_optimizer()
         self.eos_token_id = processing_class.eos_token_id
-        self.generation_config = GenerationConfig(
-            max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_k=0,
-            top_p=1.0, pad_token_id=processing_class.pad_token_id, eos_token_id=self.eos_token_id,
+        self.generation_config = sampling_generation_config(
+            args.max_completion_length, args.temperature, processing_class.pad_token_id, self.eos_token_id
         )
         self.state = TrainerState(max_steps=args.max_steps, logging_steps=self._every(args.logging_steps),
                                   save_steps=self._every(args.save_steps), log_history=[])
@@ -376,7 +378,7 @@ class AttnPPOTrainer:
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         prompt_ids = enc["input_ids"].to(self.accelerator.device)
         prompt_mask = enc["attention_mask"].to(self.accelerator.device)
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), generation_config_as_model_default(self.model, self.generation_config):
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                       generation_config=self.generation_config)
         completion_ids = out[:, prompt_ids.shape[1]:]
@@ -580,6 +582,41 @@ class AttnPPOTrainer:
         # our own file: Python/NumPy RNG states are not plain tensors
         _set_rng_state(torch.load(path / RNG_STATE_FILE.format(rank=self.accelerator.process_index),
                                   weights_only=False))
+
+
+def sampling_generation_config(max_new_tokens: int, temperature: float, pad_token_id: int | None,
+                               eos_token_id: int | None) -> GenerationConfig:
+    """Ancestral sampling from softmax(logits / temperature), the distribution whose log-probs PPO trains.
+
+    Every logits-processing field with a neutral value is set to it explicitly. The ones whose only neutral value
+    is None (min_p, top_h, bad_words_ids, suppress_tokens, begin_suppress_tokens, sequence_bias, forced_bos/eos,
+    exponential_decay_length_penalty, watermarking_config; also stop_strings, assistant settings) would be filled in
+    from the model's ``generation_config`` by ``generate``: generate inside :func:`generation_config_as_model_default`.
+    """
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_length=0, min_new_tokens=0, do_sample=True, num_beams=1,
+        num_return_sequences=1, temperature=temperature, top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0,
+        eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, guidance_scale=1.0, renormalize_logits=False, remove_invalid_values=False,
+        token_healing=False, use_cache=True, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+    )
+
+
+@contextlib.contextmanager
+def generation_config_as_model_default(model: nn.Module, config: GenerationConfig):
+    """Make ``config`` the model's own ``generation_config`` for the duration, restored afterwards.
+
+    ``generate`` fills every field its ``generation_config`` argument leaves None from the model's (instruct
+    checkpoints ship repetition_penalty, min_p, suppress_tokens, ...); with ``config`` as both, nothing is inherited.
+    A peft model generates through its base model, whose ``generation_config`` is the one swapped.
+    """
+    target = model.get_base_model() if isinstance(model, PeftModel) else model
+    saved = target.generation_config
+    target.generation_config = config
+    try:
+        yield
+    finally:
+        target.generation_config = saved
 
 
 def completion_mask_until_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
