@@ -278,3 +278,18 @@ def test_drop_in_for_a_trl_documentation_script(tmp_path, import_line):
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = "AttnGRPOTrainer" if "attnrl" in import_line else "GRPOTrainer"
     assert f"TRAINED {expected} 2" in proc.stdout
+
+
+def test_logits_processors_inherited_from_the_model_are_reported(tmp_path, caplog):
+    """TRL's loss models softmax(logits / T): a rollout that inherits an n-gram ban or a typical-p cut-off from the
+    model's generation_config samples from another distribution, and the trainer says so (naming the fix)."""
+    model = tiny_causal_lm()
+    model.generation_config.no_repeat_ngram_size = 2
+    model.generation_config.typical_p = 0.9
+    with caplog.at_level("WARNING", logger="attnrl.trainers.sampling"):
+        trainer = _trainer(tmp_path, model=model)
+    assert trainer.inherited_logits_processing == {"no_repeat_ngram_size": 2, "typical_p": 0.9}
+    assert "no_repeat_ngram_size=2" in caplog.text and "generation_kwargs" in caplog.text
+
+    neutralised = _trainer(tmp_path / "b", model=model, generation_kwargs={"no_repeat_ngram_size": 0, "typical_p": 1.0})
+    assert neutralised.inherited_logits_processing == {}

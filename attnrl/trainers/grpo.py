@@ -28,6 +28,8 @@ from attnrl.credit.assigner import CreditAssigner, CreditResult
 from attnrl.credit.config import CreditConfig, credit_config_from
 from attnrl.credit.strategies import shape_advantages
 
+from .sampling import warn_inherited_logits_processing
+
 # forward arguments TRL keeps for vision-language models; the statistics pass needs the same inputs
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
                     "mm_token_type_ids")
@@ -54,6 +56,10 @@ class AttnGRPOTrainer(GRPOTrainer):
         self.credit_config = credit_cfg
         self.credit = CreditAssigner(credit_cfg, self.accelerator.unwrap_model(self.model))
         self.last_credit: CreditResult | None = None  # the most recent batch's weights (for reports and tests)
+        # TRL's loss models softmax(logits / T); processors the rollout inherits from the model break the ratio
+        self.inherited_logits_processing = warn_inherited_logits_processing(
+            self.accelerator.unwrap_model(self.model), self.args.generation_kwargs, type(self).__name__
+        )
 
     def _statistics_from_loss_forward(self, batch) -> bool:
         """True when the loss forward runs on the rollout policy, so it can supply the attention statistics."""
