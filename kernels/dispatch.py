@@ -35,12 +35,18 @@ def attention_statistics(
     scale: float | None = None,
     key_masks: torch.Tensor | None = None,
     backend: str = "auto",
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttentionStats:
     """Per-head WAAD / distance / FAI / span-mass statistics of one causal attention layer.
 
     q: (B, H, T, D); k: (B, Hkv, T, D); seq_start/seq_end/resp_start: (B,) index spans (see ``reference``).
     backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton".
+    sliding_window / softcap / sinks (H,): the layer's attention variant (None: plain causal softmax);
+    see :func:`attnrl.kernels.reference.attention_statistics_torch`.
     """
+    variant = dict(sliding_window=sliding_window, softcap=softcap, sinks=sinks)
     if backend not in BACKENDS:
         raise ValueError(f"unknown statistics backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -56,6 +62,8 @@ def attention_statistics(
         except ImportError as e:  # the Triton kernels ship in their own module
             raise RuntimeError(f"Triton statistics kernels are unavailable ({e}); use backend='torch'") from e
         return attention_statistics_triton(
-            q, k, seq_start, seq_end, resp_start, spec, scale=scale, key_masks=key_masks
+            q, k, seq_start, seq_end, resp_start, spec, scale=scale, key_masks=key_masks, **variant
         )
-    return attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, scale=scale, key_masks=key_masks)
+    return attention_statistics_torch(
+        q, k, seq_start, seq_end, resp_start, spec, scale=scale, key_masks=key_masks, **variant
+    )

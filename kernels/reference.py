@@ -9,7 +9,11 @@ Conventions (shared with the Triton kernels):
 - Each row b holds one sequence in the contiguous index span ``[seq_start[b], seq_end[b])`` (left and right
   padding outside it). Distances are index differences t - s inside that span.
 - The response of row b is ``R = [resp_start[b], seq_end[b])``.
-- A_{t,s} = softmax_s(scale * q_t . k_s) over s in [seq_start, t] (causal).
+- A_{t,s} = softmax_s(z_{t,s}) over s in [seq_start, t] (causal), z_{t,s} = scale * q_t . k_s.
+- Attention variants, given per call (the layer's own settings, see docs/attention_support.md):
+  ``sliding_window`` w: only keys with t - s < w; ``softcap`` c: z = c * tanh(z / c);
+  ``sinks`` (H,): head h's row normaliser gets + exp(sink_h), so rows sum to less than 1 (the sink column is
+  dropped, as in the model's own attention weights).
 - All outputs are float32; rows/columns outside the valid span are 0.
 """
 
@@ -43,7 +47,7 @@ class StatsSpec:
 class AttentionStats:
     """Per-head attention statistics of one layer. Shapes: (B, H, T) unless stated; float32.
 
-    lse:       row log-sum-exp of the scaled scores (natural log).
+    lse:       row log normaliser of the softmax (natural log): log(sum_s exp(z_{t,s}) [+ exp(sink_h)]).
     dist_sum:  sum_s A_{t,s} (t - s)             -> head mean distance d^{l,h} = mean over R.
     waad:      sum_s A_{t,s} min(t - s, W)        (per head; WAAD_t = mean over local heads).
     fai_sum:   per key column s: sum_{t in T(s)} A_{t,s}, T(s) = {t in R : s+H_lo <= t <= s+H_hi}.
@@ -68,8 +72,9 @@ def fai_counts(seq_end: torch.Tensor, resp_start: torch.Tensor, T: int, spec: St
     return (hi - lo + 1).clamp(min=0)
 
 
-def validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks=None):
-    """Shape checks shared by every backend. Raises ValueError naming the problem."""
+def validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks=None, sliding_window=None, softcap=None,
+                    sinks=None):
+    """Shape and variant checks shared by every backend. Raises ValueError naming the problem."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be (B, H, T, D); got q{tuple(q.shape)} k{tuple(k.shape)}")
     B, H, T, D = q.shape
@@ -82,6 +87,14 @@ def validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks=None):
             raise ValueError(f"{name} must have shape ({B},), got {tuple(v.shape)}")
     if key_masks is not None and (key_masks.dim() != 3 or key_masks.shape[0] != B or key_masks.shape[2] != T):
         raise ValueError(f"key_masks must be (B, M, T); got {tuple(key_masks.shape)}")
+    if sliding_window is not None and (isinstance(sliding_window, bool) or int(sliding_window) != sliding_window
+                                       or sliding_window < 1):
+        raise ValueError(f"sliding_window must be a positive integer or None, got {sliding_window!r}")
+    if softcap is not None and not float(softcap) > 0:
+        raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
+    if sinks is not None and (not torch.is_tensor(sinks) or sinks.shape != (H,)):
+        shape = tuple(sinks.shape) if torch.is_tensor(sinks) else type(sinks).__name__
+        raise ValueError(f"sinks must be a ({H},) tensor (one logit per query head), got {shape}")
 
 
 def attention_statistics_torch(
@@ -94,10 +107,17 @@ def attention_statistics_torch(
     *,
     scale: float | None = None,
     key_masks: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     chunk: int = 256,
 ) -> AttentionStats:
-    """Exact statistics with O(B * H * chunk * T) working memory. See the module docstring for conventions."""
-    validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks)
+    """Exact statistics with O(B * H * chunk * T) working memory. See the module docstring for conventions.
+
+    sliding_window: keys with t - s < sliding_window only; softcap: z = softcap * tanh(z / softcap);
+    sinks: (H,) per-head sink logits added to the row normaliser (natural-log units, like z).
+    """
+    validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks, sliding_window, softcap, sinks)
     B, H, T, D = q.shape
     group = H // k.shape[1]
     scale = D**-0.5 if scale is None else scale
@@ -114,6 +134,8 @@ def attention_statistics_torch(
         span_mass = torch.zeros(B, H, T, key_masks.shape[1], device=dev)
         km = key_masks.to(dev).float().transpose(1, 2)  # (B, T, M)
 
+    sink = None if sinks is None else sinks.detach().to(device=dev, dtype=torch.float32)[None, :, None]  # (1, H, 1)
+
     s_idx = torch.arange(T, device=dev)
     in_seq_key = (s_idx[None, :] >= seq_start[:, None]) & (s_idx[None, :] < seq_end[:, None])  # (B, T)
     for i0 in range(0, T, chunk):
@@ -121,10 +143,15 @@ def attention_statistics_torch(
         t_idx = torch.arange(i0, i1, device=dev)
         delta = t_idx[:, None] - s_idx[None, :]  # (C, T) = t - s
         row_ok = (t_idx[None, :] >= seq_start[:, None]) & (t_idx[None, :] < seq_end[:, None])  # (B, C)
-        valid = (delta[None] >= 0) & in_seq_key[:, None, :] & row_ok[:, :, None]  # (B, C, T)
+        causal = (delta >= 0) if sliding_window is None else (delta >= 0) & (delta < sliding_window)
+        valid = causal[None] & in_seq_key[:, None, :] & row_ok[:, :, None]  # (B, C, T)
         scores = torch.einsum("bhcd,bhtd->bhct", q[:, :, i0:i1].float(), kf) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
         scores = scores.masked_fill(~valid[:, None], float("-inf"))
         row_lse = torch.logsumexp(scores, dim=-1)  # (B, H, C); -inf on empty rows
+        if sink is not None:
+            row_lse = torch.logaddexp(row_lse, sink.expand_as(row_lse))
         probs = torch.exp(scores - row_lse[..., None].masked_fill(~row_ok[:, None, :, None], 0.0))
         probs = torch.nan_to_num(probs, nan=0.0).masked_fill(~valid[:, None], 0.0)
 

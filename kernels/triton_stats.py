@@ -17,6 +17,11 @@ Kernels
   program, so it is deterministic and needs no atomics. With ``fai_hi`` set it only visits the query blocks
   in [s + fai_lo, s + fai_hi].
 
+Attention variants (the layer's own softmax, see docs/attention_support.md): a sliding window w starts every
+row's key loop at t - w + 1 and masks t - s >= w (the FAI horizon is cut at w - 1 on the host); soft-capping
+maps every score tile to c * tanh(z / c); sinks add exp(sink_h) to the row normaliser at the end of the row
+pass, which rescales the row sums by exp(lse - lse') (the band and column passes take the corrected lse').
+
 Under ``TRITON_INTERPRET=1`` (which must be set before this module is imported: ``triton.jit`` reads it when
 the kernels are decorated) everything runs on CPU tensors with 16 x 16 tiles.
 """
@@ -38,6 +43,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)  # value the kernels below we
 LOG2E = math.log2(math.e)
 _LOG2E = tl.constexpr(LOG2E)  # the kernels work in log2 units (exp2 / log2)
 _LN2 = tl.constexpr(math.log(2.0))
+NO_WINDOW = 2**30  # the `sliding` argument of a layer without a sliding window (int32, > any T)
 
 
 # ----------------------------------------------------------------------------------------------- device code
@@ -62,6 +68,15 @@ def _load_tile(base, offs_rows, offs_d, stride_t, stride_d, n_rows, HEAD_DIM: tl
 
 
 @triton.jit
+def _soft_cap(s, cap):
+    """cap * tanh(s / cap) without overflow (s and cap in the same units)."""
+    y = s / cap
+    e = tl.exp2(tl.abs(y) * -2.0 * _LOG2E)
+    th = (1.0 - e) / (1.0 + e)
+    return cap * tl.where(y < 0, -th, th)
+
+
+@triton.jit
 def _dot_t(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """a @ b.T with fp32 accumulation; UPCAST works around the interpreter's bf16 dot (it multiplies raw bits)."""
     if UPCAST:
@@ -72,22 +87,24 @@ def _dot_t(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _row_block(q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, offs_m, i0, seq_start, seq_end,
-               T, stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window,
+               T, stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window, sliding, cap,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, N_MASKS: tl.constexpr,
-               M_PAD: tl.constexpr, MASKED: tl.constexpr, WITH_DIST: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr):
+               M_PAD: tl.constexpr, MASKED: tl.constexpr, WITH_DIST: tl.constexpr, SOFTCAP: tl.constexpr,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """Online-softmax update of the row accumulators with keys [start_n, start_n + BLOCK_N) (log2 units).
 
-    MASKED=False is only legal for blocks whose keys are all valid for every row and at least W below the
-    diagonal: no masking, and no WAAD correction (min(t - s, W) = W there).
+    MASKED=False is only legal for blocks whose keys are all valid for every row (inside the sliding window
+    too) and at least W below the diagonal: no masking, and no WAAD correction (min(t - s, W) = W there).
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_tile(k_base, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, BLOCK_D, MASKED)
     s = _dot_t(q, k, PRECISION, UPCAST) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+    if SOFTCAP:
+        s = _soft_cap(s, cap)
     if MASKED:
         delta = offs_m[:, None] - offs_n[None, :]  # t - s
-        valid = (delta >= 0) & (offs_n[None, :] >= seq_start) & (offs_n[None, :] < seq_end)
+        valid = (delta >= 0) & (delta < sliding) & (offs_n[None, :] >= seq_start) & (offs_n[None, :] < seq_end)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows without any valid key yet
@@ -113,12 +130,12 @@ def _row_block(q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, 
 
 
 @triton.jit
-def _row_stats_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, mask_ptr, lse_ptr, waad_ptr, dist_ptr, span_ptr,
-                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
-                      stride_mb, stride_mm, stride_mt, H, T, GROUP, qk_scale, window,
+def _row_stats_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, mask_ptr, sinks_ptr, lse_ptr, waad_ptr, dist_ptr,
+                      span_ptr, stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                      stride_mb, stride_mm, stride_mt, H, T, GROUP, qk_scale, window, sliding, cap,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      N_MASKS: tl.constexpr, M_PAD: tl.constexpr, WITH_DIST: tl.constexpr,
-                      PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                      N_MASKS: tl.constexpr, M_PAD: tl.constexpr, WITH_DIST: tl.constexpr, SOFTCAP: tl.constexpr,
+                      HAS_SINKS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """lse, waad (and dist_sum, span_mass) of BLOCK_M query rows of one (b, h)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -135,11 +152,13 @@ def _row_stats_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, mask_ptr, lse_pt
     mask_base = mask_ptr + b.to(tl.int64) * stride_mb
     q = _load_tile(q_base, offs_m, offs_d, stride_qt, stride_qd, T, HEAD_DIM, BLOCK_D, True)
 
-    # key blocks: [key_lo, far_lo) masked | [far_lo, far_hi) unmasked, >= W below the diagonal | [far_hi, key_hi)
-    key_lo = seq_start // BLOCK_N * BLOCK_N
+    # key blocks: [key_lo, far_lo) masked | [far_lo, far_hi) unmasked: inside the sequence and the sliding window,
+    # >= W below the diagonal | [far_hi, key_hi) masked. The first key any row sees is max(seq_start, i0 - w + 1).
+    key_lo = tl.maximum(seq_start, i0 - sliding + 1) // BLOCK_N * BLOCK_N
     active = (i0 < seq_end) & (i0 + BLOCK_M > seq_start)
     key_hi = tl.where(active, tl.minimum(i0 + BLOCK_M, seq_end), key_lo)
-    far_lo = tl.minimum((seq_start + BLOCK_N - 1) // BLOCK_N * BLOCK_N, key_hi)
+    in_window_lo = (tl.maximum(i0 + BLOCK_M - sliding, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N  # every row sees s
+    far_lo = tl.minimum(tl.maximum((seq_start + BLOCK_N - 1) // BLOCK_N * BLOCK_N, in_window_lo), key_hi)
     far_hi = tl.minimum(tl.maximum(tl.maximum(i0 - window + 1, 0) // BLOCK_N * BLOCK_N, far_lo), key_hi)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -150,42 +169,56 @@ def _row_stats_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, mask_ptr, lse_pt
     for start_n in range(key_lo, far_lo, BLOCK_N):
         m_i, l_i, corr_i, dist_i, span_i = _row_block(
             q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, offs_m, i0, seq_start, seq_end, T,
-            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window,
-            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, True, WITH_DIST, PRECISION, UPCAST)
+            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window, sliding, cap,
+            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, True, WITH_DIST, SOFTCAP, PRECISION, UPCAST)
     for start_n in range(far_lo, far_hi, BLOCK_N):
         m_i, l_i, corr_i, dist_i, span_i = _row_block(
             q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, offs_m, i0, seq_start, seq_end, T,
-            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window,
-            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, False, WITH_DIST, PRECISION, UPCAST)
+            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window, sliding, cap,
+            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, False, WITH_DIST, SOFTCAP, PRECISION, UPCAST)
     for start_n in range(far_hi, key_hi, BLOCK_N):
         m_i, l_i, corr_i, dist_i, span_i = _row_block(
             q, m_i, l_i, corr_i, dist_i, span_i, k_base, mask_base, start_n, offs_m, i0, seq_start, seq_end, T,
-            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window,
-            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, True, WITH_DIST, PRECISION, UPCAST)
+            stride_kt, stride_kd, stride_mm, stride_mt, qk_scale, window, sliding, cap,
+            BLOCK_N, BLOCK_D, HEAD_DIM, N_MASKS, M_PAD, True, WITH_DIST, SOFTCAP, PRECISION, UPCAST)
 
     row_ok = (offs_m >= seq_start) & (offs_m < seq_end)
     in_range = offs_m < T
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = pid_bh.to(tl.int64) * T + offs_m
-    tl.store(lse_ptr + out, tl.where(row_ok, (m_i + tl.log2(l_safe)) * _LN2, 0.0), mask=in_range)
-    tl.store(waad_ptr + out, tl.where(row_ok, window - corr_i / l_safe, 0.0), mask=in_range)
+    if HAS_SINKS:  # normaliser l + exp2(sink - m): the keys keep row mass l * inv < 1
+        sink = tl.load(sinks_ptr + h).to(tl.float32) * _LOG2E
+        m_top = tl.maximum(m_i, sink)
+        lse2 = m_top + tl.log2(l_i * tl.exp2(m_i - m_top) + tl.exp2(sink - m_top))
+        inv = tl.exp2(m_i - lse2)  # 1 / normaliser, in the units of p = exp2(s - m_i)
+        mass = l_i * inv
+        waad = window * mass - corr_i * inv
+    else:
+        lse2 = m_i + tl.log2(l_safe)
+        inv = 1.0 / l_safe
+        mass = 1.0
+        waad = window - corr_i / l_safe
+    tl.store(lse_ptr + out, tl.where(row_ok, lse2 * _LN2, 0.0), mask=in_range)
+    tl.store(waad_ptr + out, tl.where(row_ok, waad, 0.0), mask=in_range)
     if WITH_DIST:
-        dist = (offs_m - i0).to(tl.float32) + dist_i / l_safe
+        dist = (offs_m - i0).to(tl.float32) * mass + dist_i * inv
         tl.store(dist_ptr + out, tl.where(row_ok, dist, 0.0), mask=in_range)
     if N_MASKS > 0:
         mask_cols = tl.arange(0, M_PAD)
-        span = tl.where(row_ok[:, None], span_i / l_safe[:, None], 0.0)
+        span = tl.where(row_ok[:, None], span_i * inv[:, None], 0.0)
         tl.store(span_ptr + out[:, None] * N_MASKS + mask_cols[None, :], span,
                  mask=in_range[:, None] & (mask_cols[None, :] < N_MASKS))
 
 
 @triton.jit
-def _band_waad_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, lse_ptr, waad_ptr,
+def _band_waad_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, sinks_ptr, lse_ptr, waad_ptr,
                       stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
-                      H, T, GROUP, qk_scale, window,
+                      H, T, GROUP, qk_scale, window, sliding, cap,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """WAAD_t = W - sum_{t-W < s <= t} A_{t,s} (W - (t - s)) of BLOCK_M rows, given the row LSE."""
+                      SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """WAAD_t = W m_t - sum_{t-W < s <= t} A_{t,s} (W - (t - s)) of BLOCK_M rows, given the row LSE.
+
+    m_t = sum_s A_{t,s}: 1, or 1 - exp(sink_h - lse_t) with sinks."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -202,7 +235,8 @@ def _band_waad_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, lse_ptr, waad_pt
     in_range = offs_m < T
     lse2 = tl.load(lse_ptr + out, mask=in_range, other=0.0) * _LOG2E
 
-    key_lo = tl.maximum(seq_start, tl.maximum(i0 - window + 1, 0)) // BLOCK_N * BLOCK_N
+    reach = tl.minimum(window, sliding)  # keys that carry a WAAD correction and lie inside the window
+    key_lo = tl.maximum(seq_start, tl.maximum(i0 - reach + 1, 0)) // BLOCK_N * BLOCK_N
     active = (i0 < seq_end) & (i0 + BLOCK_M > seq_start)
     key_hi = tl.where(active, tl.minimum(i0 + BLOCK_M, seq_end), key_lo)
     corr = tl.zeros([BLOCK_M], tl.float32)
@@ -210,19 +244,26 @@ def _band_waad_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, lse_ptr, waad_pt
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base, offs_n, offs_d, stride_kt, stride_kd, T, HEAD_DIM, BLOCK_D, True)
         s = _dot_t(q, k, PRECISION, UPCAST) * qk_scale
+        if SOFTCAP:
+            s = _soft_cap(s, cap)
         delta = offs_m[:, None] - offs_n[None, :]
-        valid = (delta >= 0) & (delta < window) & (offs_n[None, :] >= seq_start) & (offs_n[None, :] < seq_end)
+        valid = (delta >= 0) & (delta < reach) & (offs_n[None, :] >= seq_start) & (offs_n[None, :] < seq_end)
         p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
         corr += tl.sum(p * (window - delta).to(tl.float32), 1)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + h).to(tl.float32) * _LOG2E
+        waad = window * (1.0 - tl.exp2(sink - lse2)) - corr
+    else:
+        waad = window - corr
     row_ok = (offs_m >= seq_start) & (offs_m < seq_end)
-    tl.store(waad_ptr + out, tl.where(row_ok, window - corr, 0.0), mask=in_range)
+    tl.store(waad_ptr + out, tl.where(row_ok, waad, 0.0), mask=in_range)
 
 
 @triton.jit
 def _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_end, fai_lo, fai_hi, T,
-               stride_qt, stride_qd, qk_scale,
+               stride_qt, stride_qd, qk_scale, cap,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+               SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """Add sum_t A_{t,s} over query rows [start_m, start_m + BLOCK_M) to the per-column FAI accumulator.
 
     MASKED=False is only legal when every (t, s) pair of the tile is a valid response row in the horizon.
@@ -235,6 +276,8 @@ def _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_e
     else:
         lse2 = tl.load(lse_base + offs_m) * _LOG2E
     s_t = _dot_t(k, q, PRECISION, UPCAST) * qk_scale  # (BLOCK_N keys, BLOCK_M queries)
+    if SOFTCAP:
+        s_t = _soft_cap(s_t, cap)
     p = tl.exp2(s_t - lse2[None, :])
     if MASKED:
         delta = offs_m[None, :] - offs_n[:, None]  # t - s
@@ -247,9 +290,9 @@ def _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_e
 @triton.jit
 def _fai_column_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, resp_start_ptr, lse_ptr, fai_ptr,
                        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
-                       H, T, GROUP, qk_scale, fai_lo, fai_hi,
+                       H, T, GROUP, qk_scale, fai_lo, fai_hi, cap,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                       SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """fai_sum of BLOCK_N key columns of one (b, h): sum over t in R with fai_lo <= t - s <= fai_hi."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -280,13 +323,16 @@ def _fai_column_kernel(q_ptr, k_ptr, seq_start_ptr, seq_end_ptr, resp_start_ptr,
     acc = tl.zeros([BLOCK_N], tl.float32)
     for start_m in range(q_lo, full_lo, BLOCK_M):
         acc = _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_end, fai_lo, fai_hi, T,
-                         stride_qt, stride_qd, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, PRECISION, UPCAST)
+                         stride_qt, stride_qd, qk_scale, cap, BLOCK_M, BLOCK_D, HEAD_DIM, True, SOFTCAP,
+                         PRECISION, UPCAST)
     for start_m in range(full_lo, full_hi, BLOCK_M):
         acc = _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_end, fai_lo, fai_hi, T,
-                         stride_qt, stride_qd, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, False, PRECISION, UPCAST)
+                         stride_qt, stride_qd, qk_scale, cap, BLOCK_M, BLOCK_D, HEAD_DIM, False, SOFTCAP,
+                         PRECISION, UPCAST)
     for start_m in range(full_hi, q_hi, BLOCK_M):
         acc = _fai_block(acc, k, q_base, lse_base, start_m, offs_n, col_ok, resp_lo, seq_end, fai_lo, fai_hi, T,
-                         stride_qt, stride_qd, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, PRECISION, UPCAST)
+                         stride_qt, stride_qd, qk_scale, cap, BLOCK_M, BLOCK_D, HEAD_DIM, True, SOFTCAP,
+                         PRECISION, UPCAST)
     tl.store(fai_ptr + pid_bh.to(tl.int64) * T + offs_n, tl.where(col_ok, acc, 0.0), mask=offs_n < T)
 
 
@@ -319,13 +365,19 @@ def choose_tiles(kernel: str, block_d: int, elem_bytes: int) -> Tiles:
 
 @dataclass(frozen=True)
 class _Problem:
-    """Inputs shared by every launch: q (B, H, T, D), k (B, Hkv, T, D), int32 spans, scale in log2 units."""
+    """Inputs shared by every launch: q (B, H, T, D), k (B, Hkv, T, D), int32 spans, scale in log2 units.
+
+    The layer's attention variant: ``sliding`` keys per row (t - s < sliding; NO_WINDOW when there is none),
+    ``cap`` the soft-cap in log2 units (0: none), ``sinks`` (H,) float32 sink logits or None."""
 
     q: torch.Tensor
     k: torch.Tensor
     seq_start: torch.Tensor
     seq_end: torch.Tensor
     qk_scale: float
+    sliding: int
+    cap: float = 0.0
+    sinks: torch.Tensor | None = None
 
     def strides(self) -> tuple[int, ...]:
         """Strides of q then k, in elements."""
@@ -343,9 +395,14 @@ class _Problem:
         return dict(
             HEAD_DIM=D,
             BLOCK_D=max(16, triton.next_power_of_2(D)),
+            SOFTCAP=self.cap > 0,
             PRECISION="ieee" if self.q.dtype == torch.float32 or upcast else "tf32",
             UPCAST=upcast,
         )
+
+    def sinks_arg(self, placeholder: torch.Tensor) -> torch.Tensor:
+        """The sinks pointer argument (``placeholder`` when there are none: never read)."""
+        return placeholder if self.sinks is None else self.sinks
 
     def grid(self, block: int) -> tuple[int, int]:
         B, H, T, _ = self.q.shape
@@ -356,7 +413,8 @@ class _Problem:
 
 
 def _launch_rows(problem: _Problem, window: int, lse, waad, dist_sum=None, key_masks=None, span_mass=None):
-    """Full causal row pass: fills lse and waad (B, H, T), and dist_sum / span_mass (B, H, T, M) when given."""
+    """Full row pass (causal, or the sliding window): fills lse and waad (B, H, T), and dist_sum / span_mass
+    (B, H, T, M) when given."""
     tiles = problem.tiles("rows")
     n_masks = 0 if key_masks is None else key_masks.shape[1]
     masks = waad if key_masks is None else key_masks.to(device=waad.device, dtype=torch.float32).contiguous()
@@ -367,6 +425,7 @@ def _launch_rows(problem: _Problem, window: int, lse, waad, dist_sum=None, key_m
         problem.seq_start,
         problem.seq_end,
         masks,
+        problem.sinks_arg(waad),
         lse,
         waad,
         waad if dist_sum is None else dist_sum,
@@ -376,11 +435,14 @@ def _launch_rows(problem: _Problem, window: int, lse, waad, dist_sum=None, key_m
         *problem.dims(),
         problem.qk_scale,
         window,
+        problem.sliding,
+        problem.cap,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         N_MASKS=n_masks,
         M_PAD=max(1, triton.next_power_of_2(n_masks)),
         WITH_DIST=dist_sum is not None,
+        HAS_SINKS=problem.sinks is not None,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
         **problem.meta(),
@@ -395,14 +457,18 @@ def _launch_band_waad(problem: _Problem, window: int, lse, waad):
         problem.k,
         problem.seq_start,
         problem.seq_end,
+        problem.sinks_arg(waad),
         lse,
         waad,
         *problem.strides(),
         *problem.dims(),
         problem.qk_scale,
         window,
+        problem.sliding,
+        problem.cap,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
+        HAS_SINKS=problem.sinks is not None,
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,
         **problem.meta(),
@@ -410,9 +476,15 @@ def _launch_band_waad(problem: _Problem, window: int, lse, waad):
 
 
 def _launch_fai(problem: _Problem, resp_start, spec: StatsSpec, lse, fai_sum):
-    """Column pass: fills fai_sum (B, H, T) from the natural-log lse (B, H, T)."""
+    """Column pass: fills fai_sum (B, H, T) from the natural-log lse (B, H, T).
+
+    A sliding window cuts the horizon at t - s <= sliding - 1 (the layer gives no attention further away)."""
     tiles = problem.tiles("cols")
     T = problem.q.shape[2]
+    fai_hi = min(T if spec.fai_hi is None else spec.fai_hi, problem.sliding - 1)
+    if fai_hi < spec.fai_lo:  # the window ends before the horizon starts: no row attends to its horizon
+        fai_sum.zero_()
+        return
     _fai_column_kernel[problem.grid(tiles.block_n)](
         problem.q,
         problem.k,
@@ -425,7 +497,8 @@ def _launch_fai(problem: _Problem, resp_start, spec: StatsSpec, lse, fai_sum):
         *problem.dims(),
         problem.qk_scale,
         spec.fai_lo,
-        T if spec.fai_hi is None else spec.fai_hi,
+        fai_hi,
+        problem.cap,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         num_warps=tiles.num_warps,
@@ -453,6 +526,9 @@ def attention_statistics_triton(
     key_masks: torch.Tensor | None = None,
     band: bool = False,
     lse: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttentionStats:
     """Attention statistics with streaming Triton kernels; same conventions and outputs as
     :func:`attnrl.kernels.reference.attention_statistics_torch`.
@@ -465,11 +541,13 @@ def attention_statistics_triton(
     band=True: only what credit assignment needs, visiting only keys near the diagonal where possible:
       ``waad`` from the last W keys of each row and ``fai_sum`` from the query blocks in [s + fai_lo, s + fai_hi]
       (all of them to the end when ``spec.fai_hi`` is None). ``dist_sum`` and ``span_mass`` are None
-      (key_masks must be None). ``lse`` (B, H, T) float, natural log of sum_s exp(scale * q_t . k_s) over the
-      causal valid span, may be given (e.g. the attention op's own softmax LSE); it is then trusted and
-      returned as is, otherwise a one-pass LSE kernel over the full causal rows computes it.
+      (key_masks must be None). ``lse`` (B, H, T) float, the natural-log row normaliser of the layer's softmax
+      (window, soft-cap and sink included, as the attention op's own softmax LSE), may be given; it is then
+      trusted and returned as is, otherwise a one-pass LSE kernel over the full rows computes it.
+
+    sliding_window / softcap / sinks (H,): the layer's attention variant, as in the reference.
     """
-    validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks)
+    validate_inputs(q, k, seq_start, seq_end, resp_start, key_masks, sliding_window, softcap, sinks)
     if lse is not None and not band:
         raise ValueError("a precomputed lse is only used with band=True")
     if band and key_masks is not None:
@@ -484,7 +562,16 @@ def attention_statistics_triton(
     seq_start, seq_end, resp_start = (
         x.to(device=dev, dtype=torch.int32).contiguous() for x in (seq_start, seq_end, resp_start)
     )
-    problem = _Problem(q, k, seq_start, seq_end, (D**-0.5 if scale is None else scale) * LOG2E)
+    problem = _Problem(
+        q,
+        k,
+        seq_start,
+        seq_end,
+        (D**-0.5 if scale is None else scale) * LOG2E,
+        sliding=NO_WINDOW if sliding_window is None or sliding_window >= T else int(sliding_window),
+        cap=0.0 if softcap is None else float(softcap) * LOG2E,
+        sinks=None if sinks is None else sinks.detach().to(device=dev, dtype=torch.float32).contiguous(),
+    )
 
     waad = torch.empty(B, H, T, device=dev)
     dist_sum = span_mass = None

@@ -1,4 +1,4 @@
-r"""AVAR visual-anchored reward (METHODS.md §2) as a TRL reward function.
+r"""AVAR visual-anchored reward (docs/methods.md §2) as a TRL reward function.
 
     r_visual = 0 if the answer is wrong, else (1/|R|) sum_{t in R} (1/|L'|) sum_{l in L'} mass_V / (mass_S + eps)
 

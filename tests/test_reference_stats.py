@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from tests.brute_force import brute_force_statistics
 
 
-def _check(q, k, seq_start, seq_end, resp_start, spec, chunk=7, key_masks=None, atol=1e-5):
-    got = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, chunk=chunk, key_masks=key_masks)
+def _check(q, k, seq_start, seq_end, resp_start, spec, chunk=7, key_masks=None, atol=1e-5, **variant):
+    got = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, chunk=chunk, key_masks=key_masks,
+                                     **variant)
     want = brute_force_statistics(q, k, seq_start, seq_end, resp_start, spec.window, spec.fai_lo, spec.fai_hi,
-                                  key_masks=key_masks)
+                                  key_masks=key_masks, **variant)
     for name in ("dist_sum", "waad", "fai_sum"):
         torch.testing.assert_close(getattr(got, name).double(), want[name], atol=atol, rtol=1e-4, msg=name)
     assert torch.equal(got.fai_count, want["fai_count"])
@@ -92,6 +93,67 @@ def test_property_random_shapes(T, H_kv, group, data, window, lo, width):
     k = torch.randn(B, H_kv, T, 4)
     spec = StatsSpec(window, lo, None if width is None else lo + width)
     _check(q, k, torch.tensor(starts), torch.tensor(ends), torch.tensor(resps), spec, chunk=data.draw(st.integers(1, 8)))
+
+
+VARIANTS = {
+    "window_1": dict(sliding_window=1),
+    "window_below_waad_window": dict(sliding_window=2),
+    "window_inside_horizon": dict(sliding_window=5),
+    "window_beyond_sequence": dict(sliding_window=40),
+    "softcap": dict(softcap=1.5),
+    "sinks": dict(sinks=torch.tensor([-2.0, 0.0, 1.0, 4.0, 0.5, -1.0])),
+    "all_three": dict(sliding_window=4, softcap=3.0, sinks=torch.tensor([1.0, -1.0, 0.0, 2.0, 0.3, 0.1])),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS, ids=list(VARIANTS))
+def test_attention_variants_match_brute_force(name):
+    """Sliding window, soft-capping and sinks: statistics of the layer's own softmax (padding, GQA, length 1)."""
+    torch.manual_seed(6)
+    q, k = torch.randn(4, 6, 23, 8) * 2, torch.randn(4, 2, 23, 8) * 2
+    s, e, r = torch.tensor([4, 0, 22, 0]), torch.tensor([23, 17, 23, 0]), torch.tensor([10, 3, 22, 0])
+    masks = torch.rand(4, 2, 23) > 0.5
+    got = _check(q, k, s, e, r, StatsSpec(window=3, fai_lo=2, fai_hi=6), key_masks=masks, **VARIANTS[name])
+    plain = attention_statistics_torch(q, k, s, e, r, StatsSpec(window=3, fai_lo=2, fai_hi=6))
+    assert not torch.allclose(got.waad, plain.waad, atol=1e-3) or name == "window_beyond_sequence"
+    if "sinks" in VARIANTS[name]:  # each row loses exactly exp(sink_h - lse) of its mass to the sink
+        everything = torch.ones(4, 1, 23)
+        whole = attention_statistics_torch(q, k, s, e, r, key_masks=everything, **VARIANTS[name]).span_mass[..., 0]
+        lost = torch.exp(VARIANTS[name]["sinks"][None, :, None] - got.lse)
+        valid = ((torch.arange(23)[None] >= s[:, None]) & (torch.arange(23)[None] < e[:, None]))[:, None].expand(4, 6, 23)
+        torch.testing.assert_close(whole[valid], 1 - lost[valid], atol=1e-5, rtol=1e-5)
+        assert whole[valid].max() < 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    T=st.integers(1, 20), group=st.sampled_from([1, 3]), data=st.data(), window=st.integers(1, 6),
+    lo=st.integers(0, 4), width=st.one_of(st.none(), st.integers(0, 6)),
+    sliding=st.one_of(st.none(), st.integers(1, 24)), softcap=st.one_of(st.none(), st.floats(0.5, 8.0)),
+    with_sinks=st.booleans(),
+)
+def test_property_variants(T, group, data, window, lo, width, sliding, softcap, with_sinks):
+    B, Hkv = 2, 2
+    starts, ends, resps = [], [], []
+    for _ in range(B):
+        s0 = data.draw(st.integers(0, T))
+        e0 = data.draw(st.integers(s0, T))
+        starts.append(s0), ends.append(e0), resps.append(data.draw(st.integers(s0, e0)))
+    q, k = torch.randn(B, Hkv * group, T, 4) * 2, torch.randn(B, Hkv, T, 4)
+    sinks = torch.randn(Hkv * group) * 2 if with_sinks else None
+    spec = StatsSpec(window, lo, None if width is None else lo + width)
+    _check(q, k, torch.tensor(starts), torch.tensor(ends), torch.tensor(resps), spec, chunk=data.draw(st.integers(1, 8)),
+           sliding_window=sliding, softcap=softcap, sinks=sinks)
+
+
+def test_bad_variants_are_named():
+    args = (torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), *[torch.zeros(1, dtype=torch.long)] * 3)
+    with pytest.raises(ValueError, match="sliding_window must be a positive integer"):
+        attention_statistics(*args, sliding_window=0)
+    with pytest.raises(ValueError, match="softcap must be a positive number"):
+        attention_statistics(*args, softcap=-1.0)
+    with pytest.raises(ValueError, match=r"sinks must be a \(2,\) tensor"):
+        attention_statistics(*args, sinks=torch.zeros(3))
 
 
 def test_bad_shapes_are_named():

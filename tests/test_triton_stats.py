@@ -32,13 +32,16 @@ def make_inputs(spans, T, H=4, Hkv=2, D=16, dtype=torch.float32, sharpness=1.0, 
     return q.to(DEVICE), k.to(DEVICE), seq_start, seq_end, resp_start
 
 
-def assert_matches_reference(q, k, seq_start, seq_end, resp_start, spec, key_masks=None, scale=None, **band_args):
+def assert_matches_reference(q, k, seq_start, seq_end, resp_start, spec, key_masks=None, scale=None, variant=None,
+                             **band_args):
     """Run both backends and compare every field the Triton call returns; returns the Triton result.
 
-    band_args (band, lse) go to the Triton call only."""
-    ref = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, key_masks=key_masks, scale=scale)
+    variant (sliding_window / softcap / sinks) goes to both; band_args (band, lse) to the Triton call only."""
+    variant = variant or {}
+    ref = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, key_masks=key_masks, scale=scale,
+                                     **variant)
     out = attention_statistics_triton(
-        q, k, seq_start, seq_end, resp_start, spec, key_masks=key_masks, scale=scale, **band_args
+        q, k, seq_start, seq_end, resp_start, spec, key_masks=key_masks, scale=scale, **variant, **band_args
     )
     tol = TOLERANCE[q.dtype]
     for name in ("lse", "waad", "fai_sum") + (() if band_args.get("band") else ("dist_sum",)):
@@ -202,6 +205,86 @@ def test_dispatcher_triton_backend():
     torch.testing.assert_close(out.dist_sum, ref.dist_sum, atol=1e-4, rtol=1e-4)
 
 
+def sinks(H, seed=0):
+    """(H,) sink logits spanning "negligible" to "takes most of the row"."""
+    return (torch.linspace(-3.0, 4.0, H)[torch.randperm(H, generator=torch.Generator().manual_seed(seed))]).to(DEVICE)
+
+
+VARIANTS = {
+    "window_1": dict(sliding_window=1),
+    "window_below_waad_window": dict(sliding_window=3),
+    "window_inside_horizon": dict(sliding_window=9),
+    "window_beyond_sequence": dict(sliding_window=100),
+    "softcap": dict(softcap=2.0),
+    "sinks": dict(sinks=sinks(4)),
+    "all_three": dict(sliding_window=6, softcap=5.0, sinks=sinks(4, seed=1)),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS, ids=list(VARIANTS))
+def test_attention_variants(name):
+    """Padding on both sides, an empty row, a one-token row, GQA; with span masks (full pass)."""
+    q, k, seq_start, seq_end, resp_start = make_inputs([(7, 40, 20), (0, 29, 10), (12, 12, 12), (39, 40, 39)], 40,
+                                                       sharpness=2.0)
+    key_masks = (torch.rand(4, 2, 40, generator=torch.Generator().manual_seed(2)) > 0.5).to(DEVICE)
+    assert_matches_reference(q, k, seq_start, seq_end, resp_start, StatsSpec(window=5, fai_lo=2, fai_hi=12),
+                             key_masks=key_masks, variant=VARIANTS[name])
+
+
+WINDOW_VS_HORIZON = {  # (sliding window, spec)
+    "window_before_horizon": (4, StatsSpec(window=10, fai_lo=10, fai_hi=100)),
+    "window_at_horizon_start": (11, StatsSpec(window=10, fai_lo=10, fai_hi=100)),
+    "window_inside_horizon": (30, StatsSpec(window=10, fai_lo=10, fai_hi=100)),
+    "window_beyond_horizon": (60, StatsSpec(window=4, fai_lo=3, fai_hi=20)),
+    "horizon_to_end": (25, StatsSpec(window=10, fai_lo=5, fai_hi=None)),
+    "window_larger_than_T": (500, StatsSpec(window=10, fai_lo=5, fai_hi=None)),
+}
+
+
+@pytest.mark.parametrize("name", WINDOW_VS_HORIZON, ids=list(WINDOW_VS_HORIZON))
+@pytest.mark.parametrize("band", [False, True], ids=["full", "band"])
+def test_sliding_window_against_waad_window_and_fai_horizon(name, band):
+    window, spec = WINDOW_VS_HORIZON[name]
+    inputs = make_inputs([(6, 70, 20), (0, 53, 0)], 70, sharpness=2.0)
+    out = assert_matches_reference(*inputs, spec, variant=dict(sliding_window=window), band=band)
+    if window <= spec.fai_lo:  # no row attends as far as the horizon starts
+        assert out.fai_sum.abs().max() == 0
+
+
+@pytest.mark.parametrize("H,Hkv", [(6, 2), (8, 1)], ids=["gqa3", "gqa8"])
+def test_variants_with_gqa(H, Hkv):
+    inputs = make_inputs([(3, 37, 11), (0, 30, 5)], 37, H=H, Hkv=Hkv)
+    assert_matches_reference(*inputs, StatsSpec(window=5, fai_lo=3, fai_hi=20),
+                             variant=dict(sliding_window=7, softcap=3.0, sinks=sinks(H)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_variants_in_dtypes(dtype):
+    inputs = make_inputs([(1, 45, 12), (0, 38, 3)], 45, D=64, dtype=dtype, sharpness=2.0)
+    assert_matches_reference(*inputs, StatsSpec(window=6, fai_lo=4, fai_hi=25),
+                             variant=dict(sliding_window=10, softcap=4.0, sinks=sinks(4).to(dtype)))
+
+
+@pytest.mark.parametrize("given_lse", [False, True], ids=["own_lse", "given_lse"])
+def test_variants_in_band_mode(given_lse):
+    q, k, seq_start, seq_end, resp_start = make_inputs([(5, 64, 20), (0, 47, 8)], 64, sharpness=2.0)
+    spec, variant = StatsSpec(10, 10, 100), dict(sliding_window=24, softcap=3.0, sinks=sinks(4))
+    lse = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, **variant).lse if given_lse else None
+    out = assert_matches_reference(q, k, seq_start, seq_end, resp_start, spec, variant=variant, band=True, lse=lse)
+    assert out.dist_sum is None
+
+
+@pytest.mark.parametrize("name", TILE_SHAPES, ids=list(TILE_SHAPES))
+@pytest.mark.parametrize("window", [100, 40, 7], ids=lambda w: f"window{w}")
+def test_sliding_window_tile_ranges(monkeypatch, name, window):
+    """Row blocks skip keys before the window and run unmasked only on blocks every row sees whole."""
+    monkeypatch.setattr(triton_stats, "choose_tiles", lambda kernel, *_: TILE_SHAPES[name][kernel])
+    inputs = make_inputs([(37, 150, 60), (0, 131, 100), (70, 70, 70)], 150, H=2, Hkv=1, sharpness=3.0)
+    for band in (False, True):
+        assert_matches_reference(*inputs, StatsSpec(window=10, fai_lo=10, fai_hi=40),
+                                 variant=dict(sliding_window=window, sinks=sinks(2)), band=band)
+
+
 @st.composite
 def problems(draw):
     """A random batch of spans, a spec, GQA shape and mode."""
@@ -220,19 +303,24 @@ def problems(draw):
     Hkv = draw(st.integers(1, 2))
     shape = dict(Hkv=Hkv, H=Hkv * draw(st.sampled_from([1, 2, 3, 4])), D=draw(st.sampled_from([16, 24, 32])))
     mode = draw(st.sampled_from(["full", "masks", "band", "band_given_lse"]))
-    return spans, T, shape, spec, mode, draw(st.floats(0.5, 4.0)), draw(st.integers(0, 2**16))
+    variant = dict(
+        sliding_window=draw(st.one_of(st.none(), st.integers(1, 80))),
+        softcap=draw(st.one_of(st.none(), st.floats(0.5, 10.0))),
+        sinks=sinks(shape["H"], seed=draw(st.integers(0, 99))) if draw(st.booleans()) else None,
+    )
+    return spans, T, shape, spec, mode, draw(st.floats(0.5, 4.0)), draw(st.integers(0, 2**16)), variant
 
 
 @settings(max_examples=25, deadline=None)
 @given(problems())
 def test_matches_reference_property(problem):
-    spans, T, shape, spec, mode, sharpness, seed = problem
+    spans, T, shape, spec, mode, sharpness, seed, variant = problem
     q, k, seq_start, seq_end, resp_start = make_inputs(spans, T, sharpness=sharpness, seed=seed, **shape)
-    kwargs = {}
+    kwargs = {"variant": variant}
     if mode == "masks":
         kwargs["key_masks"] = (torch.rand(len(spans), 2, T) > 0.5).to(DEVICE)
     if mode.startswith("band"):
         kwargs["band"] = True
     if mode == "band_given_lse":
-        kwargs["lse"] = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec).lse
+        kwargs["lse"] = attention_statistics_torch(q, k, seq_start, seq_end, resp_start, spec, **variant).lse
     assert_matches_reference(q, k, seq_start, seq_end, resp_start, spec, **kwargs)

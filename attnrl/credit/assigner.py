@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attnrl.attention.capture import CaptureError, capture_statistics, enable_capture, num_layers
+from attnrl.attention.capture import (
+    CaptureError,
+    attention_layers,
+    capture_statistics,
+    enable_capture,
+    num_layers,
+)
 from attnrl.kernels import AttentionStats, StatsSpec
 
 from .config import CreditConfig
@@ -34,11 +40,17 @@ class CreditAssigner:
 
     Construction validates everything that can be checked without data (strategy, layers, capturability) so
     that a bad configuration fails before training starts.
+
+    ``reduce_across_ranks`` (default): under an initialised torch.distributed group of more than one process, the
+    local/global head split is computed from the head-distance statistics of all ranks' rollouts together (per batch,
+    or on the first batch when cached), so every rank uses the same split. Every rank must then compute credit in
+    step (as data-parallel trainers do); pass False for work one rank does alone (a report).
     """
 
-    def __init__(self, config: CreditConfig, model):
+    def __init__(self, config: CreditConfig, model, reduce_across_ranks: bool = True):
         config.validate_credit()
         self.config = config
+        self.reduce_across_ranks = reduce_across_ranks
         self.params = config.credit_params()
         self.strategy = get_strategy(config.credit_strategy)
         self.needs = STRATEGY_NEEDS[config.credit_strategy]
@@ -53,7 +65,11 @@ class CreditAssigner:
         except CaptureError as e:
             raise CaptureError(f"credit_strategy={config.credit_strategy!r} needs attention capture: {e}") from e
         n = num_layers(model)
-        self.layers = sorted(config.credit_layers) if config.credit_layers else default_layers(n, config.credit_num_layers)
+        if config.credit_layers:
+            self.layers = sorted(config.credit_layers)
+        else:  # the default middle layers among those with softmax attention (all layers but in hybrid models)
+            attn = attention_layers(model)
+            self.layers = [attn[i] for i in default_layers(len(attn), config.credit_num_layers)]
         bad = [layer for layer in self.layers if not 0 <= layer < n]
         if bad:
             raise ValueError(
@@ -108,12 +124,12 @@ class CreditAssigner:
         return {layer: _cat_stats([p[layer] for p in parts]) for layer in self.layers}
 
     def head_profile(self, stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> HeadProfile:
-        """The local/global split: cached, or recomputed from this batch (config.credit_head_profile)."""
+        """The local/global split: cached, or recomputed from this batch (config.credit_head_profile); the batch is
+        every rank's together when ``reduce_across_ranks`` (see the class docstring)."""
         if self.profile is not None and self.config.credit_head_profile == "cached":
             return self.profile
-        profile = HeadProfile.from_distances(
-            self.layers, head_mean_distances(stats, response_mask), self.config.credit_head_fraction
-        )
+        distances = head_mean_distances(stats, response_mask, reduce_across_ranks=self.reduce_across_ranks)
+        profile = HeadProfile.from_distances(self.layers, distances, self.config.credit_head_fraction)
         if self.config.credit_head_profile == "cached":
             self.profile = profile
         return profile

@@ -1,4 +1,4 @@
-"""AVAR (METHODS.md §2): attention-guided visual anchoring for vision-language reasoning models.
+"""AVAR (docs/methods.md §2): attention-guided visual anchoring for vision-language reasoning models.
 
 - :func:`token_sets`: V (image), S (system), U (user query), R (response) masks of a Qwen-VL chat batch.
 - :func:`visual_attention_score` (VAS diagnostic) and :func:`visual_anchor_ratio` (the attention term of r_visual),

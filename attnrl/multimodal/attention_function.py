@@ -8,8 +8,8 @@ Registered once with transformers' ``AttentionInterface``. While a model runs un
 3. for the recorded layers, computes the attention of the query rows in U on the key sets, differentiably, from
    the layer's post-RoPE q/k (the attention-guided SFT objective).
 Other modules (other layers, the vision tower) only do step 2. On exit the model's previous attention
-implementation is restored. Capture contexts (:func:`attnrl.attention.capture.capture_statistics`) switch the model
-to ``"attnrl_sdpa"`` and must not be opened inside these contexts.
+implementations are restored as they were (a capturing ``"attnrl:<name>"`` included). Capture contexts
+(:func:`attnrl.attention.capture.capture_statistics`) opened inside these contexts record through step 2.
 """
 
 from __future__ import annotations
@@ -94,15 +94,30 @@ def decoder_attention_modules(model, layers) -> dict[int, torch.nn.Module]:
     return {layer: found[layer] for layer in layers}
 
 
+def _all_configs(base) -> list:
+    """Every config of ``base``: its own, its sub-configs (any depth) and those of its sub-models."""
+    found, stack = {}, [base.config] + [m.config for m in base.modules() if hasattr(m, "config")]
+    while stack:
+        config = stack.pop()
+        if config is None or id(config) in found or not hasattr(config, "_attn_implementation_internal"):
+            continue
+        found[id(config)] = config
+        stack.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}))
+    return list(found.values())
+
+
 @contextlib.contextmanager
 def mm_attention(model) -> Iterator[None]:
-    """Run ``model`` with the ``"attnrl_mm"`` attention function inside the block; restore the previous one after."""
+    """Run ``model`` with the ``"attnrl_mm"`` attention function inside the block; restore the previous ones after."""
     base = base_model(model)
-    previous = base.config._attn_implementation
-    if previous != MM_IMPLEMENTATION:
-        base.set_attn_implementation(MM_IMPLEMENTATION)
+    if base.config._attn_implementation == MM_IMPLEMENTATION:
+        yield
+        return
+    # restored verbatim: set_attn_implementation would re-validate (and, for flash names, re-load) them
+    previous = [(config, config._attn_implementation_internal) for config in _all_configs(base)]
+    base.set_attn_implementation(MM_IMPLEMENTATION)
     try:
         yield
     finally:
-        if previous != MM_IMPLEMENTATION:
-            base.set_attn_implementation(previous)
+        for config, implementation in previous:
+            config._attn_implementation_internal = implementation

@@ -1,7 +1,7 @@
-"""Training-free attention intervention (METHODS.md §2): on selected layers, attention weights to V are scaled by
+"""Training-free attention intervention (docs/methods.md §2): on selected layers, attention weights to V are scaled by
 (1 + alpha_img) and to S by (1 - alpha_sys).
 
-Renormalisation (attnrl's choice): METHODS.md and the paper's abstract state only the scaling factors. attnrl
+Renormalisation (attnrl's choice): docs/methods.md and the paper's abstract state only the scaling factors. attnrl
 renormalises each row after scaling, A'_{t,k} = A_{t,k} w_k / sum_j A_{t,j} w_j, so every row stays a probability
 distribution (the layer's output stays a convex combination of values, as the model was trained with). It is exact
 and cheap: adding log(w_k) to the scores before the softmax gives precisely this A', so SDPA still runs; no
