@@ -1,4 +1,4 @@
-"""Streaming Triton kernels for the attention statistics of METHODS.md §1.2 and §2 (FlashAttention style).
+"""Streaming Triton kernels for the attention statistics of docs/methods.md §1.2 and §2 (FlashAttention style).
 
 No T x T matrix is ever materialised: every kernel recomputes scores tile by tile from q and k.
 Conventions (q, k, spans, units) are those of :mod:`attnrl.kernels.reference`, whose
@@ -8,7 +8,7 @@ Kernels
 - ``_row_stats_kernel`` (one program per query block): one pass over the causal key blocks with an online
   softmax. Besides the row log-sum-exp it carries, rescaled like FlashAttention's output accumulator,
   sum_s p_s (i0 - s) (head distance), sum_s p_s [s in mask m] (span mass) and the WAAD correction
-  sum_{t-W < s <= t} p_s (W - (t - s)); WAAD_t = W - correction / l (METHODS.md §1.2). Key blocks lying
+  sum_{t-W < s <= t} p_s (W - (t - s)); WAAD_t = W - correction / l (docs/methods.md §1.2). Key blocks lying
   entirely W or more below the diagonal are processed without any masking.
 - ``_band_waad_kernel`` (band mode with a given LSE): WAAD from the same identity, visiting only the keys
   [t - W + 1, t] of each row.

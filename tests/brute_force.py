@@ -1,7 +1,7 @@
 """Brute-force attention statistics from a fully materialised attention matrix (tests only).
 
 Deliberately written differently from kernels/reference.py: each sequence is cropped to its valid span and
-its T x T attention matrix materialised; the formulas of METHODS.md are then applied literally.
+its T x T attention matrix materialised; the formulas of docs/methods.md are then applied literally.
 """
 
 from __future__ import annotations

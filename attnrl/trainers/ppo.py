@@ -11,7 +11,7 @@ One training step (:meth:`AttnPPOTrainer.train`), top to bottom:
    frozen copy; skipped when ``kl_coef == 0``), values, and gamma_t from :class:`CreditAssigner` on the rollout
    policy (detached);
 3. advantages: outcome score at the last response token minus ``kl_coef * KL`` per token, GAE, optional masked
-   whitening, then multiplied by gamma_t (METHODS.md §1.3) — so the 'uniform' strategy is plain PPO;
+   whitening, then multiplied by gamma_t (docs/methods.md §1.3) — so the 'uniform' strategy is plain PPO;
 4. ``num_ppo_epochs`` passes over ``num_mini_batches`` shuffled mini-batches, one optimizer step each, on
    ``policy_loss + vf_coef * value_loss`` (clipped surrogate, clipped value loss; :mod:`attnrl.algos.ppo_core`).
 
