@@ -1,157 +1,78 @@
 """The ``attnrl`` command: train, eval, analyze, publish.
 
 Every sub-command is a plain function (:func:`train`, :func:`evaluate`, :func:`analyze` here,
-:func:`attnrl.publish.publish`); :func:`main` only parses arguments and prints errors. Usage::
+:func:`attnrl.publish.publish`); :func:`main` parses arguments and prints errors. Usage::
 
-    attnrl train CONFIG.yaml [--recipe grpo] [--any_field value ...]
-    attnrl eval --model M [--adapter DIR ...] --task T [--n 200] [--pass-k 1 4 --samples 8 --temperature 1.0]
-    attnrl analyze --model M [--adapter DIR] (--prompt TEXT | --rollouts FILE.jsonl [--index I]) --out DIR
-    attnrl publish RUN_DIR --out DIR [--push-to-hub USER/REPO]
+    attnrl train [CONFIG.yaml] [--recipe grpo|ppo|avar|site] [--field value ...]
+    attnrl eval --task T [--model M] [--adapter DIR ...] [--n 200] [--pass_k 1 4 --samples 8 --temperature 1.0]
+    attnrl analyze --out DIR [--model M] [--adapter DIR] (--prompt TEXT | --rollouts FILE.jsonl [--index I])
+    attnrl publish RUN_DIR --out DIR [--push_to_hub USER/REPO]
+
+``train`` runs the recipe's own ``main`` (:mod:`attnrl.recipes`): the recipe is ``--recipe``, else the YAML's
+``recipe:`` key, else grpo; every field of the recipe's dataclasses (job, trainer config, and for grpo/ppo
+RayArguments: ``--num_workers 2`` trains on Ray) is a YAML key and a flag. The other commands' options are the
+fields of :class:`EvalArguments`, :class:`AnalyzeArguments` and :class:`PublishArguments`, parsed the same way
+(``--config FILE.yaml``, ``--max_new_tokens`` or ``--max-new-tokens``). ``attnrl --help`` loads neither torch nor
+trl; ``attnrl COMMAND --help`` lists the command's fields.
 
 Mistakes that can be seen before loading a model (an unknown config field, task or recipe, a missing adapter or
-one trained for another base model) raise :class:`UsageError` naming the problem and the fix.
+one trained for another base model, a missing optional dependency) raise :class:`UsageError` (or
+``MissingExtra``) naming the problem and the fix; the command prints it on one line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import difflib
-import importlib
 import json
-import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-from trl import TrlParser
-
 from attnrl.models.default import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model_path
-from attnrl.publish import publish
-from attnrl.recipes import config as recipe_config
-from attnrl.recipes.grpo import GRPOJobArguments, run_grpo_job
-from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
-from attnrl.trainers.grpo import AttnGRPOConfig
-from attnrl.trainers.ppo import AttnPPOConfig
+from attnrl.recipes import DEFAULT_RECIPE, RECIPES, recipe_module
+from attnrl.recipes.command import RESOLVED_CONFIG, run_recipe  # noqa: F401  (RESOLVED_CONFIG: re-exported)
+from attnrl.recipes.config import ConfigError, MissingExtra, closest, config_path, load_yaml_config, parse_config
 
-logger = logging.getLogger(__name__)
-
-# recipe name -> (job dataclass, trainer config dataclass, run(job, config) -> results dict)
-RECIPES = {
-    "grpo": (GRPOJobArguments, AttnGRPOConfig, run_grpo_job),
-    "ppo": (PPOJobArguments, AttnPPOConfig, run_ppo_job),
-}
-RESOLVED_CONFIG = "train_config.yaml"  # written into output_dir by `train`: the fields the user set, as parsed
-
-
-class UsageError(ValueError):
-    """A mistake in the command's arguments or inputs; the message says what to change."""
-
-
-def closest(name: str, candidates) -> str:
-    """' (did you mean X?)' for the candidate closest to ``name``, or '' when none is close."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
+UsageError = ConfigError  # a mistake in the command's arguments or inputs; the message says what to change
 
 # ---------------------------------------------------------------- train
 
 
-def train(config: str | Path, overrides: Sequence[str] = (), *, recipe: str | None = None,
-          ray_address: str | None = None, num_workers: int | None = None) -> dict:
-    """Run a recipe from a YAML config (TRL-style: every dataclass field settable) with ``--field value`` overrides.
+def train(config: str | Path | None = None, overrides: Sequence[str] = (), *, recipe: str | None = None) -> dict:
+    """Run a recipe from a YAML config with ``--field value`` overrides (the recipe's make_parser/run, as
+    ``attnrl train`` and the example scripts do); returns the recipe's results dictionary.
 
-    The recipe is ``recipe``, else the YAML's ``recipe:`` key, else "grpo". With ``ray_address`` or ``num_workers``
-    the run goes to the Ray launcher ``attnrl.distributed.launch``. Returns the recipe's results dictionary.
-    """
-    raw = load_yaml_config(config)
-    recipe_name = recipe or raw.get("recipe", "grpo")
-    raw.pop("recipe", None)
-    job_cls, config_cls, run = get_recipe(recipe_name)
-    parser = recipe_parser(job_cls, config_cls)
-    check_config_keys(raw, parser, config)
-    override_fields = check_override_flags(overrides, parser)
-    for key, value in raw.pop("env", {}).items():  # TrlParser's `env:` section
-        os.environ[key] = str(value)
-    parser.set_defaults_with_config(**raw)
-    recipe_config.cpu_safe_defaults(parser, raw, overrides)  # bf16 False when training on the CPU, unless set
-    with recipe_config.precision_errors():
-        job, args = parser.parse_args_into_dataclasses(args=list(overrides))
-    write_resolved_config(Path(args.output_dir), recipe_name, job, args, [*raw, *override_fields])
-    if ray_address or num_workers:
-        return launch_distributed(recipe_name, job, args, ray_address, num_workers)
-    return run(job, args)
+    The recipe is ``recipe``, else the YAML's ``recipe:`` key, else grpo. Ray fields (``--num_workers 2``,
+    ``--ray_address auto``) send a grpo/ppo job to the Ray launcher. Raises UsageError before any model work on
+    a config mistake."""
+    argv = (["--config", str(config)] if config is not None else []) + list(overrides)
+    name = recipe or recipe_of(argv)
+    return run_recipe(recipe_module(name), argv, prog="attnrl train")
 
 
-def load_yaml_config(path: str | Path) -> dict:
-    """The config's mapping; UsageError naming the file (and the line of a YAML syntax error)."""
-    try:
-        return recipe_config.load_yaml_config(path)
-    except recipe_config.ConfigError as e:
-        raise UsageError(str(e)) from None
+def recipe_of(argv: Sequence[str]) -> str:
+    """The recipe a config names (its ``recipe:`` key), else the default one."""
+    path = config_path(argv)
+    return (load_yaml_config(path).get("recipe") if path else None) or DEFAULT_RECIPE
 
 
-def get_recipe(name: str) -> tuple:
-    if name not in RECIPES:
-        raise UsageError(f"recipe {name!r} is unknown{closest(name, RECIPES)}; available: {sorted(RECIPES)}")
-    return RECIPES[name]
-
-
-def recipe_parser(job_cls, config_cls) -> TrlParser:
-    """TrlParser over the recipe's two dataclasses, which must not share a field name (argparse would clash)."""
-    shared = sorted({f.name for f in fields(job_cls)} & {f.name for f in fields(config_cls)})
-    if shared:
-        raise UsageError(f"fields {shared} are defined by both {job_cls.__name__} and {config_cls.__name__}, so "
-                         f"they cannot be set unambiguously; rename them in {job_cls.__name__}")
-    return TrlParser((job_cls, config_cls))
-
-
-def check_config_keys(raw: dict, parser: TrlParser, source) -> None:
-    """Every YAML key must be a field of the recipe's dataclasses (or TrlParser's ``env``)."""
-    known = {a.dest for a in parser._actions} - {"help"} | {"env"}
-    for key in raw:
-        if key not in known:
-            raise UsageError(f"unknown config field {key!r} in {source}{closest(key, known)}; fields are those of "
-                             "the recipe's job and trainer config dataclasses")
-
-
-def check_override_flags(overrides: Sequence[str], parser: TrlParser) -> list[str]:
-    """Field names set by ``--flag [value]`` overrides; raises on a flag that names no field."""
-    dest_of = {opt: a.dest for a in parser._actions for opt in a.option_strings if a.dest != "help"}
-    names = []
-    for token in overrides:
-        if not token.startswith("--"):
-            continue
-        flag = token.split("=", 1)[0]
-        if flag not in dest_of:
-            raise UsageError(f"unknown config field {flag!r} on the command line{closest(flag, dest_of)}")
-        names.append(dest_of[flag])
-    return names
-
-
-def write_resolved_config(output_dir: Path, recipe_name: str, job, args, keys: Sequence[str]) -> None:
-    """``output_dir``/train_config.yaml: the recipe and every field set in the YAML or on the command line."""
-    values = {**asdict(job), **args.to_dict()}
-    config = {"recipe": recipe_name, **{k: values[k] for k in dict.fromkeys(keys)}}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RESOLVED_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def launch_distributed(recipe_name: str, job, args, ray_address: str | None, num_workers: int | None) -> dict:
-    """Hand the parsed run to the Ray launcher: ``attnrl.distributed.launch(job, args, RayArguments(...))``."""
-    distributed = importlib.import_module("attnrl.distributed")
-    if not hasattr(distributed, "launch") or not hasattr(distributed, "RayArguments"):
-        raise UsageError("--ray-address/--num-workers need the Ray launcher attnrl.distributed.launch, which this "
-                         "installation lacks; drop both flags to train in one process")
-    if recipe_name != "grpo":
-        raise UsageError(f"the Ray launcher trains the grpo recipe only; drop --ray-address/--num-workers to train "
-                         f"recipe {recipe_name!r} in one process")
-    ray_args = distributed.RayArguments(ray_address=ray_address, num_workers=num_workers or 0)
-    return distributed.launch(job, args, ray_args)
+def pick_recipe(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """(recipe name, the other arguments): ``--recipe NAME`` / ``--recipe=NAME``, else :func:`recipe_of`."""
+    rest, name = [], None
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--recipe":
+            name = next(tokens, None)
+            if name is None:
+                raise UsageError(f"--recipe needs a name: one of {sorted(RECIPES)}")
+        elif token.startswith("--recipe="):
+            name = token.partition("=")[2]
+        else:
+            rest.append(token)
+    return name or recipe_of(rest), rest
 
 
 # ---------------------------------------------------------------- model + adapter checks
@@ -384,86 +305,126 @@ def analysis_page(a, title: str, figures: Sequence[Path]) -> str:
     return rhythm_html(a, title=title).replace("</body>", images + "</body>")
 
 
+# ---------------------------------------------------------------- eval / analyze / publish arguments
+
+
+@dataclass
+class EvalArguments:
+    """``attnrl eval``: greedy accuracy (and sampled pass@k) of the base model and adapters on held-out problems."""
+
+    task: str = field(metadata={"help": "Task name, e.g. arithmetic or countdown."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Base model: {DEFAULT_MODEL!r}, a path or Hub id."})
+    adapter: list[str] = field(default_factory=list, metadata={
+        "help": "peft adapter folder (repeatable: --adapter A --adapter B, or --adapter A B).", "action": "extend"})
+    base: bool = field(default=True, metadata={"help": "Include the base model's row (--no_base leaves it out)."})
+    n: int = field(default=200, metadata={"help": "Held-out problems."})
+    pass_k: list[int] = field(default_factory=list, metadata={"help": "k values of pass@k (sampled)."})
+    samples: int | None = field(default=None, metadata={"help": "Samples per problem for pass@k (default: the "
+                                                                "largest k)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for pass@k."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per problem (tokens)."})
+    batch_size: int = field(default=50, metadata={"help": "Sequences per generation batch."})
+    task_seed: int = field(default=1, metadata={"help": "Problem generator seed (1: a default run's held-out set)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    out: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+
+
+@dataclass
+class AnalyzeArguments:
+    """``attnrl analyze``: the attention rhythm of one response (PNGs, HTML page, JSON)."""
+
+    out: str = field(metadata={"help": "Output folder."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Base model: {DEFAULT_MODEL!r}, a path or Hub id."})
+    adapter: str | None = field(default=None, metadata={"help": "peft adapter folder."})
+    prompt: str | None = field(default=None, metadata={"help": "User message; the response is generated greedily."})
+    rollouts: str | None = field(default=None, metadata={
+        "help": "JSONL with prompt/completion fields (e.g. RUN_DIR/report/eval_after.jsonl)."})
+    index: int = field(default=0, metadata={"help": "Line of --rollouts to analyse."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Generation budget with --prompt (tokens)."})
+
+
+@dataclass
+class PublishArguments:
+    """``attnrl publish RUN_DIR --out DIR``: adapter + model card + checksums, optional Hub upload."""
+
+    run_dir: str = field(metadata={"help": "output_dir of a training run (holds adapter/ and report/); never "
+                                           "modified. Also the first positional argument."})
+    out: str = field(metadata={"help": "New folder to write."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Upload to this Hub model repo (USER/NAME)."})
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+
+
+def run_eval(a: EvalArguments) -> None:
+    evaluate(a.model, a.task, a.adapter, include_base=a.base, n=a.n, pass_k=a.pass_k, samples=a.samples,
+             temperature=a.temperature, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+             task_seed=a.task_seed, seed=a.seed, out=a.out)
+
+
+def run_analyze(a: AnalyzeArguments) -> None:
+    analyze(a.out, a.model, a.adapter, prompt=a.prompt, rollouts=a.rollouts, index=a.index,
+            max_new_tokens=a.max_new_tokens)
+    print(f"wrote {Path(a.out) / 'rhythm.html'}")
+
+
+def run_publish(a: PublishArguments) -> None:
+    from attnrl.publish import publish
+
+    print(f"wrote {publish(a.run_dir, a.out, push_to_hub=a.push_to_hub, private=a.private)}")
+
+
 # ---------------------------------------------------------------- command line
+
+# command -> (one-line help, arguments dataclass or None for train, function running it)
+COMMANDS = {
+    "train": (f"Train a recipe ({'|'.join(RECIPES)}) from a YAML config; any field: --field value.", None, None),
+    "eval": ("Held-out greedy accuracy and pass@k; comparison table.", EvalArguments, run_eval),
+    "analyze": ("Attention rhythm of a response: PNGs + HTML page.", AnalyzeArguments, run_analyze),
+    "publish": ("Adapter + model card + checksums; optional Hub upload.", PublishArguments, run_publish),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnrl", allow_abbrev=False,
-                                     description="Train, evaluate, analyse and publish attention-aware RL runs.")
+    """The top-level parser: the command's name and --traceback; each command parses its own arguments."""
+    parser = argparse.ArgumentParser(
+        prog="attnrl", allow_abbrev=False, description="Train, evaluate, analyse and publish attention-aware RL runs.",
+        epilog="`attnrl COMMAND --help` lists the command's fields; `attnrl train --recipe NAME --help` a "
+        f"recipe's (recipes: {', '.join(RECIPES)}).")
     parser.add_argument("--traceback", action="store_true", help="Show the full traceback of an error.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", allow_abbrev=False, help="Train from a YAML config (any field: --field value).",
-                       description="Overrides (--field value, after CONFIG) set any field of the recipe's job and "
-                       "trainer config dataclasses, e.g. --max_steps 3 --credit_strategy local_chunk.")
-    p.add_argument("config", help="YAML file, e.g. examples/configs/grpo_arithmetic_coupled.yaml")
-    p.add_argument("--recipe", help=f"One of {sorted(RECIPES)} (default: the YAML's `recipe:`, else grpo).")
-    p.add_argument("--ray-address", "--ray_address", dest="ray_address", help="Ray cluster address (distributed).")
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, help="Ray workers (distributed).")
-
-    p = sub.add_parser("eval", allow_abbrev=False, help="Held-out greedy accuracy and pass@k; comparison table.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Base model: {DEFAULT_MODEL!r}, a path or Hub id.")
-    p.add_argument("--adapter", action="append", default=[], help="peft adapter folder (repeatable).")
-    p.add_argument("--no-base", dest="include_base", action="store_false", help="Leave out the base model row.")
-    p.add_argument("--task", required=True, help="Task name, e.g. arithmetic or countdown.")
-    p.add_argument("--n", type=int, default=200, help="Held-out problems.")
-    p.add_argument("--pass-k", type=int, nargs="+", default=[], help="k values of pass@k (sampled).")
-    p.add_argument("--samples", type=int, help="Samples per problem for pass@k (default: the largest k).")
-    p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for pass@k.")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=50, help="Sequences per generation batch.")
-    p.add_argument("--task-seed", type=int, default=1, help="Problem generator seed (1: a default run's held-out set).")
-    p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
-    p.add_argument("--out", help="Write the results as JSON here.")
-
-    p = sub.add_parser("analyze", allow_abbrev=False, help="Attention rhythm of a response: PNGs + HTML page.")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--adapter")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="User message; the response is generated greedily.")
-    source.add_argument("--rollouts", help="JSONL with prompt/completion fields (e.g. report/eval_after.jsonl).")
-    p.add_argument("--index", type=int, default=0, help="Line of --rollouts to analyse.")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--out", required=True, help="Output folder.")
-
-    p = sub.add_parser("publish", allow_abbrev=False, help="Adapter + model card + checksums; optional Hub upload.")
-    p.add_argument("run_dir", help="output_dir of a training run (holds adapter/ and report/); never modified.")
-    p.add_argument("--out", required=True, help="New folder to write.")
-    p.add_argument("--push-to-hub", metavar="REPO", help="Upload to this Hub model repo (USER/NAME).")
-    p.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (text, _, _) in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
-def run_command(ns: argparse.Namespace, overrides: list[str]) -> None:
-    if ns.command == "train":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        results = train(ns.config, overrides, recipe=ns.recipe, ray_address=ns.ray_address,
-                        num_workers=ns.num_workers)
-        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}, indent=2))
-    elif ns.command == "eval":
-        evaluate(ns.model, ns.task, ns.adapter, include_base=ns.include_base, n=ns.n, pass_k=ns.pass_k,
-                 samples=ns.samples, temperature=ns.temperature, max_new_tokens=ns.max_new_tokens,
-                 batch_size=ns.batch_size, task_seed=ns.task_seed, seed=ns.seed, out=ns.out)
-    elif ns.command == "analyze":
-        analyze(ns.out, ns.model, ns.adapter, prompt=ns.prompt, rollouts=ns.rollouts, index=ns.index,
-                max_new_tokens=ns.max_new_tokens)
-        print(f"wrote {Path(ns.out) / 'rhythm.html'}")
-    else:
-        print(f"wrote {publish(ns.run_dir, ns.out, push_to_hub=ns.push_to_hub, private=ns.private)}")
+def command_arguments(name: str, argv: Sequence[str]):
+    """The command's arguments dataclass parsed from ``argv`` (a YAML ``--config`` too); UsageError on a mistake."""
+    from transformers import HfArgumentParser
+
+    _, dataclass_type, _ = COMMANDS[name]
+    argv = list(argv)
+    if name == "publish" and argv and not argv[0].startswith("-"):
+        argv = ["--run_dir", *argv]  # attnrl publish RUN_DIR --out DIR
+    parser = HfArgumentParser((dataclass_type,), prog=f"attnrl {name}", allow_abbrev=False,
+                              description=dataclass_type.__doc__.replace("``", "`"))
+    (args,) = parse_config(parser, argv, exit_on_error=False)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 for a usage error, printed without traceback)."""
-    parser = build_parser()
-    ns, extra = parser.parse_known_args(argv)
-    if extra and ns.command != "train":
-        parser.error(f"unrecognized arguments for {ns.command}: {' '.join(extra)}")
+    """Console entry point; returns the exit status (2 for a usage error, printed on one line without traceback)."""
+    ns, rest = build_parser().parse_known_args(argv)
+    show_traceback = ns.traceback or "--traceback" in rest
+    rest = [token for token in rest if token != "--traceback"]
+    prog = f"attnrl {ns.command}"
     try:
-        run_command(ns, extra)
-    except (ValueError, OSError) as e:
-        if ns.traceback:
+        if ns.command == "train":
+            name, rest = pick_recipe(rest)
+            return recipe_module(name).main(rest, prog=prog, traceback=show_traceback)
+        COMMANDS[ns.command][2](command_arguments(ns.command, rest))
+    except (ValueError, OSError, MissingExtra) as e:
+        if show_traceback:
             raise
-        print(f"attnrl {ns.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,21 +1,14 @@
 """Train a model with attention-aware PPO (critic + GAE) + LoRA and report held-out accuracy before and after.
 
-    python examples/train_ppo.py --config examples/configs/ppo_arithmetic_coupled.yaml [--any_field value]
+    python examples/train_ppo.py --config examples/configs/ppo_arithmetic_coupled.yaml [--field value ...]
+    python examples/train_ppo.py --config ray_configs/local_ppo.yaml         # on Ray: 2 local CPU workers
 
-Every field of PPOJobArguments (attnrl/recipes/ppo.py, the same as the GRPO job's) and of AttnPPOConfig
-(transformers.TrainingArguments + PPO fields + credit_*) can be set in the YAML file or on the command line.
+The same as `attnrl train --recipe ppo ...`: attnrl.recipes.ppo.main (fields: --help).
 """
 
-import logging
+import sys
 
-from trl import TrlParser
-
-from attnrl.recipes.config import parse_config
-from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
-from attnrl.trainers.ppo import AttnPPOConfig
+from attnrl.recipes.ppo import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job, training_args = parse_config(TrlParser((PPOJobArguments, AttnPPOConfig)))
-    results = run_ppo_job(job, training_args)
-    print({k: results[k] for k in ("accuracy_before", "accuracy_after", "train_steps", "seconds_per_step")})
+    sys.exit(main())

@@ -1,8 +1,10 @@
-"""The `attnrl` command end to end on a tiny model: train (YAML + overrides, recipe registry, Ray hook), eval
+"""The `attnrl` command end to end on a tiny model: train (YAML + overrides, recipe registry, Ray fields), eval
 (greedy accuracy, pass@k), analyze (PNGs + an HTML page rendered in headless Chromium), publish (peft reload gives
-the same logits, checksums, Hub upload mocked) and the error messages of each."""
+the same logits, checksums, Hub upload mocked), the arguments of each (dataclasses, both flag spellings, --config)
+and the error messages of each."""
 
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -11,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import types
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,9 +30,9 @@ import attnrl.publish
 from attnrl import cli
 from attnrl.evaluation import evaluate_pass_at_k, generate_completions, pass_at_k
 from attnrl.models import DEFAULT_MODEL
-from attnrl.recipes.grpo import GRPOJobArguments
+from attnrl.recipes import RECIPES
+from attnrl.recipes.command import recipe_main
 from attnrl.report import ROLE_COLOURS
-from attnrl.trainers.grpo import AttnGRPOConfig
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
 TINY_RUN = {  # a 1-step GRPO + LoRA run on the tiny model (seconds)
@@ -41,6 +42,7 @@ TINY_RUN = {  # a 1-step GRPO + LoRA run on the tiny model (seconds)
     "logging_steps": 1, "save_strategy": "no", "report_to": "none", "use_cpu": True, "bf16": False, "seed": 0,
 }
 COMPLETION = "12 + 30 = 42, so the answer is 42."
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_yaml(path: Path, **config) -> Path:
@@ -101,60 +103,105 @@ def test_train_writes_adapter_report_and_resolved_config(run_dir, tiny_model_dir
     assert resolved["max_steps"] == 1 and resolved["train_size"] == 8 and resolved["lora_alpha"] == 8
 
 
-def test_yaml_recipe_key_selects_the_recipe_and_overrides_reach_both_dataclasses(tmp_path, monkeypatch):
+def fake_recipe(monkeypatch, calls: list, base: str = "grpo", name: str = "fake"):
+    """Register recipe ``name``: the parser of recipe ``base``, a run() that records what it was given."""
+    module = types.ModuleType(f"fake_recipe_{name}")
+    module.RECIPE = name
+    module.make_parser = importlib.import_module(RECIPES[base]).make_parser
+    module.run = lambda *values: calls.append(values) or {"ok": True}
+    module.main = lambda argv=None, **kw: recipe_main(module, argv, **kw)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(RECIPES, name, module.__name__)
+    return module
+
+
+def test_yaml_recipe_key_selects_the_recipe_and_overrides_reach_every_dataclass(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setitem(cli.RECIPES, "fake", (GRPOJobArguments, AttnGRPOConfig, lambda j, a: calls.append((j, a))))
+    fake_recipe(monkeypatch, calls)
     config = write_yaml(tmp_path / "c.yaml", **TINY_RUN, recipe="fake", model_name_or_path="not/loaded",
                         output_dir=str(tmp_path / "run"))
-    cli.train(config, ["--max_steps", "3", "--credit-strategy=global_anchor", "--lora_r", "2"])
-    (job, args), = calls
+    cli.train(config, ["--max_steps", "3", "--credit-strategy=global_anchor", "--lora_r", "2", "--num-workers", "0"])
+    (job, args, ray_args), = calls
     assert (job.model_name_or_path, job.lora_r, job.eval_size) == ("not/loaded", 2, 4)
     assert (args.max_steps, args.credit_strategy, args.num_generations) == (3, "global_anchor", 4)
+    assert not ray_args.use_ray
     assert yaml.safe_load((tmp_path / "run" / cli.RESOLVED_CONFIG).read_text())["recipe"] == "fake"
     with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown \(did you mean 'ppo'\?\); available: "
-                                              r"\['fake', 'grpo', 'ppo'\]"):
+                                              r"\['avar', 'fake', 'grpo', 'ppo', 'site'\]"):
         cli.train(config, recipe="ppp")
+    with pytest.raises(cli.UsageError, match=r"c\.yaml is a config of recipe 'fake', not 'grpo'"):
+        cli.train(config, recipe="grpo")
+
+
+def test_both_flag_spellings_and_a_positional_config_reach_the_recipe(tmp_path, monkeypatch):
+    """`attnrl train CONFIG --recipe=fake --max-steps 2 --per_device_train_batch_size 8` as one command line."""
+    calls = []
+    fake_recipe(monkeypatch, calls)
+    config = write_yaml(tmp_path / "c.yaml", **TINY_RUN, model_name_or_path="not/loaded",
+                        output_dir=str(tmp_path / "run"))
+    argv = ["train", str(config), "--recipe=fake", "--max-steps", "2", "--per_device_train_batch_size", "8",
+            "--eval-batch-size", "2"]
+    assert cli.main(argv) == 0
+    (job, args, _), = calls
+    assert (args.max_steps, args.per_device_train_batch_size, job.eval_batch_size) == (2, 8, 2)
 
 
 def test_ppo_recipe_parses_its_own_config_fields(tmp_path, monkeypatch):
+    import attnrl.recipes.ppo as ppo_recipe
+
     calls = []
-    job_cls, config_cls, _ = cli.RECIPES["ppo"]
-    monkeypatch.setitem(cli.RECIPES, "ppo", (job_cls, config_cls, lambda j, a: calls.append((j, a))))
+    monkeypatch.setattr(ppo_recipe, "run", lambda *values: calls.append(values) or {})
     config = write_yaml(tmp_path / "c.yaml", recipe="ppo", model_name_or_path="not/loaded", critic_mode="shared",
                         output_dir=str(tmp_path / "run"), use_cpu=True, max_steps=2)
-    cli.train(config, ["--vf_coef", "0.3", "--credit_strategy", "local_chunk"])
-    (job, args), = calls
-    assert type(args).__name__ == "AttnPPOConfig"
+    cli.train(config, ["--vf_coef", "0.3", "--credit_strategy", "local_chunk", "--cpus_per_worker", "2"])
+    (job, args, ray_args), = calls
+    assert type(args).__name__ == "AttnPPOConfig" and type(job).__name__ == "PPOJobArguments"
     assert (args.critic_mode, args.vf_coef, args.credit_strategy) == ("shared", 0.3, "local_chunk")
+    assert ray_args.cpus_per_worker == 2 and not ray_args.use_ray
 
 
-def test_a_recipe_whose_dataclasses_share_a_field_is_refused(tmp_path, monkeypatch):
-    @dataclass
-    class ClashingJob:
-        learning_rate: float = 1.0  # also a trainer field
+def test_ray_fields_send_grpo_and_ppo_jobs_to_the_launcher_with_their_runner(tmp_path, monkeypatch):
+    from attnrl.distributed import launcher
+    from attnrl.recipes.grpo import GRPORunner
+    from attnrl.recipes.ppo import PPORunner
 
-    monkeypatch.setitem(cli.RECIPES, "clash", (ClashingJob, AttnGRPOConfig, lambda job, args: None))
-    config = write_yaml(tmp_path / "c.yaml", recipe="clash", output_dir=str(tmp_path / "run"))
-    with pytest.raises(cli.UsageError, match=r"\['learning_rate'\] are defined by both ClashingJob and AttnGRPOConfig"):
-        cli.train(config)
-
-
-def test_ray_flags_go_to_the_distributed_launcher_or_fail_clearly(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(launcher, "launch", lambda *a, **kw: launched.append((a, kw)) or {"ok": True})
     config = write_yaml(tmp_path / "c.yaml", **TINY_RUN, model_name_or_path="not/loaded",
                         output_dir=str(tmp_path / "run"))
-    launched = []
-    monkeypatch.setattr(attnrl.distributed, "launch", lambda *a: launched.append(a) or {"ok": True})
-    assert cli.train(config, ["--max_steps", "5"], ray_address="ray://head:10001", num_workers=4) == {"ok": True}
-    (job, args, ray_args), = launched
+    flags = ["--max_steps", "5", "--ray-address", "ray://head:10001", "--num_workers", "4", "--use_gpu", "false",
+             "--cpus_per_worker", "3", "--reward_actors", "2", "--storage_path", str(tmp_path / "storage")]
+    assert cli.train(config, flags) == {"ok": True}
+    ((job, args, ray_args), kw), = launched
+    assert kw == {"runner": GRPORunner}
     assert isinstance(ray_args, attnrl.distributed.RayArguments) and ray_args.workers == 4
-    assert ray_args.ray_address == "ray://head:10001" and args.max_steps == 5 and job.model_name_or_path == "not/loaded"
+    assert (ray_args.ray_address, ray_args.cpus_per_worker, ray_args.reward_actors) == ("ray://head:10001", 3, 2)
+    assert ray_args.storage_path == str(tmp_path / "storage") and args.max_steps == 5
 
-    monkeypatch.setitem(cli.RECIPES, "other", cli.RECIPES["grpo"])
-    with pytest.raises(cli.UsageError, match="the Ray launcher trains the grpo recipe only"):
-        cli.train(config, recipe="other", num_workers=2)
-    monkeypatch.setitem(sys.modules, "attnrl.distributed", types.ModuleType("attnrl.distributed"))  # no launcher
-    with pytest.raises(cli.UsageError, match=r"need the Ray launcher attnrl\.distributed\.launch.*drop both flags"):
-        cli.train(config, num_workers=2)
+    ppo = write_yaml(tmp_path / "ppo.yaml", recipe="ppo", model_name_or_path="not/loaded", use_cpu=True,
+                     max_steps=2, output_dir=str(tmp_path / "ppo_run"))
+    assert cli.main(["train", str(ppo), "--num_workers", "2"]) == 0
+    ((job, args, ray_args), kw) = launched[-1]
+    assert kw == {"runner": PPORunner} and type(args).__name__ == "AttnPPOConfig" and ray_args.workers == 2
+
+
+def test_recipes_without_ray_refuse_ray_fields_by_name(tmp_path, capsys):
+    assert cli.main(["train", "--recipe", "avar", "--output_dir", str(tmp_path), "--num_workers", "2"]) == 2
+    assert "attnrl train: error: unknown config field '--num_workers' on the command line" in capsys.readouterr().err
+
+
+def test_a_missing_ray_is_one_line_saying_what_to_install(tmp_path, monkeypatch, capsys):
+    """`attnrl train ray_configs/local.yaml` parses the job spec (num_workers: 2 ...) and, without Ray installed,
+    says what to install in one line, before any model work."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "ray.train", None)
+    loads = []
+    monkeypatch.setattr("attnrl.recipes.task.load_model_and_tokenizer", lambda *a: loads.append(a))
+    rc = cli.main(["train", str(ROOT / "ray_configs" / "local.yaml"), "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and loads == []
+    assert err.strip().splitlines() == ["attnrl train: error: Ray is not installed, and num_workers / ray_address "
+                                        "need it: pip install 'attnrl[ray]'"]
 
 
 def test_unknown_config_fields_name_the_closest_field_before_any_loading(tmp_path, capsys):
@@ -190,16 +237,16 @@ def test_train_without_an_accelerator_defaults_bf16_off_unless_set(tmp_path, mon
     monkeypatch.setattr(recipe_config, "bf16_accelerator_available", lambda: False)
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: False)
     calls = []
-    monkeypatch.setitem(cli.RECIPES, "fake", (GRPOJobArguments, AttnGRPOConfig, lambda j, a: calls.append(a)))
+    fake_recipe(monkeypatch, calls)
     minimal = {k: v for k, v in TINY_RUN.items() if k not in ("use_cpu", "bf16")}
     config = write_yaml(tmp_path / "c.yaml", **minimal, recipe="fake", output_dir=str(tmp_path / "run"))
     cli.train(config)
-    assert calls[-1].bf16 is False
+    assert calls[-1][1].bf16 is False
     assert cli.main(["train", str(config), "--bf16", "true"]) == 2  # explicit: refused, naming both fields
     assert "bf16=True needs an accelerator with bf16 support and none was found; set bf16: false to train in " \
            "float32, or use_cpu: true" in capsys.readouterr().err
     cli.train(config, ["--bf16=true", "--use_cpu"])
-    assert (calls[-1].bf16, calls[-1].use_cpu) == (True, True)
+    assert (calls[-1][1].bf16, calls[-1][1].use_cpu) == (True, True)
 
 
 # ---------------------------------------------------------------- eval
@@ -463,3 +510,53 @@ def test_console_entry_point_prints_usage_errors_without_traceback():
                           text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "attnrl eval: error: task 'countdwn' is unknown (did you mean 'countdown'?)" in proc.stderr
+
+
+def test_top_level_help_lists_the_commands_without_importing_torch_or_trl():
+    code = ("import sys\nfrom attnrl.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nheavy = sorted({'torch', 'trl', 'transformers'} & set(sys.modules))\n"
+            "print('HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    for command in ("train", "eval", "analyze", "publish"):
+        assert re.search(rf"^\s+{command}\s+\S", proc.stdout, re.MULTILINE), command
+    assert "grpo|ppo|avar|site" in proc.stdout
+
+
+def test_command_arguments_are_dataclasses_with_both_spellings_a_config_file_and_help(tmp_path, capsys):
+    a = cli.command_arguments("eval", ["--task", "arithmetic", "--max-new-tokens", "6", "--pass_k", "1", "2",
+                                       "--adapter", "a", "--adapter", "b", "c", "--no-base", "--task-seed", "3"])
+    assert isinstance(a, cli.EvalArguments)
+    assert (a.max_new_tokens, a.pass_k, a.adapter, a.base, a.task_seed) == (6, [1, 2], ["a", "b", "c"], False, 3)
+    assert cli.command_arguments("eval", ["--task", "countdown", "--max_new_tokens", "7"]).max_new_tokens == 7
+
+    config = write_yaml(tmp_path / "eval.yaml", task="countdown", n=5, max_new_tokens=9)
+    a = cli.command_arguments("eval", ["--config", str(config), "--max_new_tokens", "11"])
+    assert (a.task, a.n, a.max_new_tokens, a.model) == ("countdown", 5, 11, DEFAULT_MODEL)  # the flag wins
+    with pytest.raises(cli.UsageError, match=r"unknown config field '--max-new-token' on the command line \(did "
+                                              r"you mean '--max-new-tokens'\?\)"):
+        cli.command_arguments("eval", ["--task", "arithmetic", "--max-new-token", "6"])
+    with pytest.raises(cli.UsageError, match=r"unknown config field 'sample' in .*eval\.yaml \(did you mean "
+                                              r"'samples'\?\)"):
+        cli.command_arguments("eval", ["--config", str(write_yaml(tmp_path / "eval.yaml", task="x", sample=2))])
+
+    a = cli.command_arguments("analyze", ["--out", "o", "--rollouts", "r.jsonl", "--max-new-tokens", "5"])
+    assert (a.out, a.rollouts, a.prompt, a.max_new_tokens) == ("o", "r.jsonl", None, 5)
+    a = cli.command_arguments("publish", ["runs/x", "--out", "pub", "--push-to-hub", "me/repo", "--private"])
+    assert (a.run_dir, a.out, a.push_to_hub, a.private) == ("runs/x", "pub", "me/repo", True)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "usage: attnrl eval" in help_text and "Held-out problems." in help_text  # help from field metadata
+    assert "--pass_k PASS_K [PASS_K ...], --pass-k PASS_K [PASS_K ...]" in help_text
+
+
+def test_train_help_is_the_recipe_parser_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--recipe", "ppo", "--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: attnrl train") and "--critic_mode" in help_text and "--num_workers" in help_text

@@ -1,6 +1,8 @@
-"""Ray: DDP training in Ray Train workers (identical weights, one adapter, resume after a killed worker) and the
-reward actor pool (hung, raising and crashing reward functions). One real local Ray cluster for the module."""
+"""Ray: data-parallel training in Ray Train workers, GRPO and PPO through the same recipe runner and `attnrl train`
+(identical weights, one adapter, resume after a killed worker), the reward actor pool (hung, raising and crashing
+reward functions) and one head split for all ranks. One real local Ray cluster for the module."""
 
+import functools
 import json
 import os
 import sys
@@ -9,16 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from attnrl import cli
 from attnrl.distributed import RayArguments, RewardActorPool, launch
 from attnrl.recipes.grpo import GRPOJobArguments
 from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
 ray = pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,69 @@ def test_killed_worker_restarts_and_resumes_without_lost_or_repeated_steps(ray_c
     assert {p.name for p in trained[0].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     optimizer = torch.load(trained[0] / "optimizer.pt", weights_only=False)
     assert {int(s["step"]) for s in optimizer["state"].values()} == {4}  # 2 before the kill + 2 after resuming
+
+
+def _write_yaml(path: Path, **config) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_attnrl_train_runs_the_local_ray_job_spec(ray_cluster, tiny_model_path, tmp_path):
+    """`attnrl train ray_configs/local.yaml` (its 2 CPU workers, checkpoint and restart settings) on the tiny model."""
+    out = tmp_path / "run"
+    argv = ["train", str(ROOT / "ray_configs" / "local.yaml"), "--model_name_or_path", tiny_model_path,
+            "--max_steps", "1", "--train_size", "16", "--eval_size", "4", "--eval_max_new_tokens", "4",
+            "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
+            "--lora_r", "4", "--lora_alpha", "8", "--credit_fai_lo", "1", "--credit_fai_hi", "6",
+            "--credit_window", "3", "--disable_tqdm", "true", "--output_dir", str(out), "--storage_path",
+            str(tmp_path / "storage")]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["algorithm"] == "grpo" and results["num_workers"] == 2 and results["train_steps"] == 1
+    assert results["trainable_sha256"][0] == results["trainable_sha256"][1]
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    final = [p for p in (tmp_path / "storage").rglob("adapter_model.safetensors") if p.parent.name == "adapter"]
+    assert len(final) == 1  # the final adapter, saved once (beside the step-1 training checkpoint)
+    resolved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert resolved["recipe"] == "grpo" and resolved["num_workers"] == 2 and resolved["max_steps"] == 1
+
+
+@pytest.mark.slow
+def test_attnrl_train_ppo_on_two_ray_workers_resumes_a_killed_worker_without_lost_or_repeated_steps(
+        ray_cluster, tiny_model_path, tmp_path, monkeypatch):
+    """`attnrl train --recipe ppo CONFIG --num_workers 2`: rank 1 dies before step 3; the restarted group resumes
+    from the step-2 checkpoint (policy, critic, optimizer, each rank's RNG) and logs each step exactly once."""
+    from attnrl.distributed import launcher
+
+    steps_file = tmp_path / "steps.txt"
+    callbacks = [StepLog(str(steps_file)), KillRankOnce(str(tmp_path / "killed"), after_step=2)]
+    monkeypatch.setattr(launcher, "launch", functools.partial(launch, callbacks=callbacks, reward_funcs=[digit_reward]))
+    config = _write_yaml(
+        tmp_path / "ppo.yaml", recipe="ppo", model_name_or_path=tiny_model_path, train_size=16, eval_size=4,
+        eval_max_new_tokens=4, lora_r=4, lora_alpha=8, max_steps=4, per_device_train_batch_size=4, num_generations=4,
+        max_completion_length=8, num_ppo_epochs=1, num_mini_batches=1, kl_coef=0.0, learning_rate=1e-3,
+        credit_fai_lo=1, credit_fai_hi=6, credit_window=3, logging_steps=1, save_strategy="steps", save_steps=1,
+        use_cpu=True, bf16=False, report_to="none", seed=0, disable_tqdm=True, output_dir=str(tmp_path / "run"))
+    argv = ["train", "--recipe", "ppo", str(config), "--num_workers", "2", "--max_failures", "1", "--num_to_keep", "2",
+            "--storage_path", str(tmp_path / "storage")]
+    assert cli.main(argv) == 0
+
+    assert (tmp_path / "killed").exists()
+    pids, steps = zip(*(line.split() for line in steps_file.read_text().splitlines()))
+    assert [int(s) for s in steps] == [1, 2, 3, 4]  # each rollout step exactly once
+    assert pids[0] == pids[1] != pids[2] == pids[3]  # steps 3-4 ran in the restarted worker group
+    results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    assert results["algorithm"] == "ppo" and results["train_steps"] == 4 and results["num_workers"] == 2
+    assert results["trainable_sha256"][0] == results["trainable_sha256"][1]  # policy + critic + value head
+    assert (tmp_path / "run" / "adapter" / "critic" / "value_head.safetensors").exists()
+
+    trained = [c / "checkpoint" for c in _ray_checkpoints(tmp_path / "storage") if (c / "checkpoint").exists()]
+    assert len(trained) == 1  # num_to_keep=2: the final checkpoint and the step-4 one
+    assert {p.name for p in trained[0].glob("rng_state_*")} == {"rng_state_0.pt", "rng_state_1.pt"}
+    state = torch.load(trained[0] / "training_state.pt", weights_only=True)
+    assert state["global_step"] == 4 and [e["step"] for e in state["log_history"]] == [1, 2, 3, 4]
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {4}  # 2 before the kill + 2 after
 
 
 def test_reward_pool_bounds_time_and_counts_hangs_crashes_and_errors(ray_cluster):

@@ -1,6 +1,6 @@
-"""ray_configs/ without a cluster: job specs parse with the example's TrlParser, the cluster launcher config passes
-Ray's own autoscaler validation, the runtime environments pass Ray's RuntimeEnv validation, and the KubeRay RayJob
-runs an entrypoint that exists with a config that parses."""
+"""ray_configs/ without a cluster: job specs parse with their recipe's parser (the one behind the example scripts
+and `attnrl train`), the cluster launcher config passes Ray's own autoscaler validation, the runtime environments
+pass Ray's RuntimeEnv validation, and the KubeRay RayJob runs an entrypoint that exists with a config that parses."""
 
 import copy
 import shlex
@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trl import TrlParser
 
-from attnrl.distributed import RayArguments
+from attnrl import cli
 from attnrl.distributed.launcher import check_devices
-from attnrl.recipes.grpo import GRPOJobArguments
-from attnrl.trainers.grpo import AttnGRPOConfig
+from attnrl.recipes import recipe_module
+from attnrl.recipes.config import parse_config
 
 ray = pytest.importorskip("ray")
 
@@ -31,13 +30,13 @@ def gpu_node(monkeypatch):
     monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
 
 
-def parse_example_args(argv: list[str]):
-    """What examples/train_grpo.py parses from ``argv`` (run from the repository root)."""
-    return TrlParser((GRPOJobArguments, AttnGRPOConfig, RayArguments)).parse_args_and_config(args=argv)
+def parse_example_args(argv: list[str], recipe: str = "grpo"):
+    """What the recipe's example script and `attnrl train --recipe RECIPE` parse from ``argv``."""
+    return parse_config(recipe_module(recipe).make_parser(), argv, recipe=recipe, exit_on_error=False)
 
 
-def check_job(argv: list[str]):
-    job, args, ray_args = parse_example_args(argv)
+def check_job(argv: list[str], recipe: str = "grpo"):
+    job, args, ray_args = parse_example_args(argv, recipe)
     job.validate()
     ray_args.validate()
     check_devices(args, ray_args)
@@ -50,6 +49,15 @@ def test_local_job_spec_runs_two_cpu_workers():
     job, args, ray_args = check_job(["--config", str(CONFIGS / "local.yaml")])
     assert ray_args.use_ray and ray_args.workers == 2 and not ray_args.use_gpu
     assert args.use_cpu and args.save_strategy == "steps" and args.max_steps <= 10
+
+
+def test_local_ppo_job_spec_runs_two_cpu_workers():
+    path = str(CONFIGS / "local_ppo.yaml")
+    assert cli.recipe_of([path]) == "ppo"  # `attnrl train ray_configs/local_ppo.yaml` picks the PPO recipe
+    job, args, ray_args = check_job(["--config", path], recipe="ppo")
+    assert type(args).__name__ == "AttnPPOConfig" and ray_args.workers == 2 and not ray_args.use_gpu
+    assert args.use_cpu and args.save_strategy == "steps" and args.max_steps <= 10
+    args.validate_ppo()
 
 
 def test_gpu_job_spec_runs_gpu_workers_with_shared_storage(gpu_node):

@@ -1,5 +1,5 @@
-"""Ray: data-parallel training in Ray Train workers (:func:`launch`), reward scoring in Ray actors
-(:class:`RewardActorPool`), and the flags every example script accepts (:class:`RayArguments`).
+"""Ray: data-parallel training of the GRPO and PPO recipes in Ray Train workers (:func:`launch`), reward scoring in
+Ray actors (:class:`RewardActorPool`), and the recipes' Ray fields (:class:`RayArguments`).
 
 Importing this package needs neither Ray nor the trainers: ``launch`` and ``RewardActorPool`` load on first use.
 """

@@ -1,4 +1,4 @@
-"""RayArguments: where and how an example script runs on Ray (parsed by TrlParser beside the job and trainer)."""
+"""RayArguments: where and how a recipe runs on Ray (parsed beside the job and trainer configs); require_ray()."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 @dataclass
 class RayArguments:
-    """Ray flags shared by every example script. With none of them set, the script runs locally as before."""
+    """Ray fields of the GRPO and PPO recipes (``attnrl train``, the example scripts). With none of them set, the job
+    runs in the calling process."""
 
     ray_address: str | None = field(
         default=None,
@@ -81,3 +82,16 @@ class RayArguments:
             checkpoint_config=CheckpointConfig(num_to_keep=self.num_to_keep),
             failure_config=FailureConfig(max_failures=self.max_failures),
         )
+
+
+RAY_MISSING = "Ray is not installed, and num_workers / ray_address need it: pip install 'attnrl[ray]'"
+
+
+def require_ray() -> None:
+    """MissingExtra (one line: what to install) when Ray Train cannot be imported."""
+    try:
+        import ray.train  # noqa: F401
+    except ImportError:
+        from attnrl.recipes.config import MissingExtra
+
+        raise MissingExtra(RAY_MISSING) from None

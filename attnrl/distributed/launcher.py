@@ -1,10 +1,11 @@
-"""launch(): the main job on a Ray cluster, training data-parallel across Ray Train workers.
+"""launch(): a recipe's job (GRPO or PPO) on a Ray cluster, training data-parallel across Ray Train workers.
 
-Where each part runs: the driver (this process: a laptop, or the head node under ``ray job submit``) only
-connects to Ray, starts a Ray Train ``TorchTrainer`` and, when it returns, copies the final adapter and report
-into ``output_dir``. The workers run :func:`attnrl.distributed.worker.train_worker`: all of them train (DDP),
-rank 0 also evaluates the base model before training and the trained model after it, on the worker's device, and
-writes the report. Checkpoints and the final adapter + report live in Ray Train's storage (``storage_path``); a
+Where each part runs: the driver (this process: a laptop, or the head node under ``ray job submit``) only checks
+the config, connects to Ray, starts a Ray Train ``TorchTrainer`` and, when it returns, copies the final adapter and
+report into ``output_dir``. The workers run :func:`attnrl.distributed.worker.train_worker`: the recipe's runner
+phases (:class:`attnrl.recipes.runner.JobRunner`); all of them train (GRPO: DDP; PPO: gradients averaged over the
+process group), rank 0 also evaluates the base model before training and the trained model after it, on the
+worker's device, and writes the report. Checkpoints and the final adapter + report live in Ray Train's storage (``storage_path``); a
 failed worker restarts the whole group (up to ``max_failures`` times), which resumes from the last checkpoint.
 
 Batch sizes keep the HF meaning: ``per_device_train_batch_size`` is per worker, so N workers train on N times the
@@ -20,35 +21,38 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from attnrl.recipes.grpo import GRPOJobArguments
-from attnrl.trainers.grpo import AttnGRPOConfig
-
-from .config import RayArguments
+from .config import RayArguments, require_ray
 
 logger = logging.getLogger(__name__)
 
 
 def launch(
-    job: GRPOJobArguments,
-    training_args: AttnGRPOConfig,
+    job,
+    training_args,
     ray_args: RayArguments,
     callbacks: Sequence[TrainerCallback] = (),
     reward_funcs: Sequence[Callable] | None = None,
+    runner: type | None = None,
 ) -> dict:
-    """Run the job on Ray (see the module docstring); returns the results dictionary of ``run_grpo_job`` plus
-    ``num_workers``, ``trainable_sha256`` (one per rank) and ``ray_checkpoint`` (the final checkpoint's path).
+    """Run the job on Ray (see the module docstring); returns the recipe's results dictionary plus ``num_workers``,
+    ``trainable_sha256`` (one per rank) and ``ray_checkpoint`` (the final checkpoint's path).
+
+    ``runner``: the recipe's JobRunner class (default: PPORunner for an AttnPPOConfig, else GRPORunner).
     ``callbacks`` are added to the trainer of every worker; ``reward_funcs`` (picklable TRL reward functions)
-    replace the task's rewards named by ``job.reward_names``. Connects to ``ray_args.ray_address`` unless Ray is
-    already initialised; a cluster started here is shut down at the end."""
+    replace the task's rewards named by ``job.reward_names``. Every config check runs here, before Ray starts.
+    Connects to ``ray_args.ray_address`` unless Ray is already initialised; a cluster started here is shut down at
+    the end. Without Ray installed: MissingExtra saying what to install."""
+    require_ray()
+    runner = runner or default_runner(training_args)
+    runner.check(job, training_args)
+    ray_args.validate()
+    check_devices(training_args, ray_args)
+
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .worker import train_worker
 
-    job.validate()
-    training_args.validate_credit()
-    ray_args.validate()
-    check_devices(training_args, ray_args)
     output_dir = Path(training_args.output_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
@@ -57,7 +61,8 @@ def launch(
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"job": job, "training_args": training_args, "output_dir": str(output_dir),
-                               "ray_args": ray_args, "callbacks": list(callbacks), "reward_funcs": reward_funcs},
+                               "ray_args": ray_args, "callbacks": list(callbacks), "reward_funcs": reward_funcs,
+                               "runner": runner},
             scaling_config=ray_args.scaling_config(),
             run_config=ray_args.run_config(output_dir, training_args.run_name),
             torch_config=TorchConfig(backend="nccl" if ray_args.use_gpu else "gloo"),
@@ -68,7 +73,20 @@ def launch(
             ray.shutdown()
 
 
-def check_devices(training_args: AttnGRPOConfig, ray_args: RayArguments) -> None:
+def default_runner(training_args) -> type:
+    """The runner of the recipe whose trainer config ``training_args`` is: PPO for an AttnPPOConfig, else GRPO."""
+    from attnrl.trainers.ppo import AttnPPOConfig
+
+    if isinstance(training_args, AttnPPOConfig):
+        from attnrl.recipes.ppo import PPORunner
+
+        return PPORunner
+    from attnrl.recipes.grpo import GRPORunner
+
+    return GRPORunner
+
+
+def check_devices(training_args, ray_args: RayArguments) -> None:
     """Fails on a GPU run configured for CPU; warns when a restart could not resume (no checkpoints)."""
     if ray_args.use_gpu and training_args.use_cpu:
         raise ValueError("--use_gpu true trains on GPUs: set --use_cpu false")

@@ -7,14 +7,21 @@
   accelerator, or ``use_cpu``) and the user left ``bf16`` unset in the YAML and on the command line, ``bf16``
   defaults to False instead (float32) and the log says so. An explicit ``bf16: true`` without an accelerator or
   ``use_cpu`` is refused with a message naming both fields (:func:`precision_errors`).
-- :func:`parse_config`: ``TrlParser.parse_args_and_config`` with both of the above, for scripts.
+- :func:`parse_config`: what ``TrlParser.parse_args_and_config`` does (YAML defaults, ``env:``, command-line
+  overrides; both spellings ``--max_steps`` / ``--max-steps``) with both of the above, plus: an unknown field in the
+  YAML or on the command line is refused naming the closest field, a YAML ``recipe:`` key must name the parser's
+  recipe, and a first positional ``CONFIG.yaml`` stands for ``--config CONFIG.yaml``. Works with any
+  ``transformers.HfArgumentParser`` (``trl.TrlParser`` is one).
+- :class:`MissingExtra`: an optional dependency is not installed; the message is the one line saying what to install.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,14 +30,26 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "bf16_accelerator_available", "cpu_safe_defaults", "load_yaml_config", "parse_config",
-           "precision_errors"]
+__all__ = ["ConfigError", "MissingExtra", "bf16_accelerator_available", "closest", "config_path", "cpu_safe_defaults",
+           "load_yaml_config", "parse_config", "precision_errors"]
+
+RECIPE_KEY = "recipe"  # YAML key naming the recipe a config is for (read by `attnrl train`)
 
 _TRANSFORMERS_BF16_ERROR = "doesn't support bf16/gpu"
 
 
 class ConfigError(ValueError):
     """A mistake in a config file or its fields; the message names the file or field and the fix."""
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is missing; the message says what to install (one line, shown without traceback)."""
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean X?)' for the candidate closest to ``name``, or '' when none is close."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def load_yaml_config(path: str | Path) -> dict:
@@ -123,26 +142,113 @@ def precision_errors() -> Iterator[None]:
         ) from e
 
 
-def parse_config(parser, args: Sequence[str] | None = None, *, exit_on_error: bool = True) -> tuple:
-    """``parser.parse_args_and_config(args)`` (a ``trl.TrlParser``; args default to ``sys.argv[1:]``) with the
-    config file read by :func:`load_yaml_config` and the CPU-safe ``bf16`` default.
+def config_path(args: Sequence[str]) -> str | None:
+    """The YAML file named by ``args``: ``--config FILE``, ``--config=FILE`` or a first positional ``FILE.yaml``."""
+    args = list(args)
+    for i, token in enumerate(args):
+        if token == "--config":
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError("--config needs a YAML file, e.g. --config examples/configs/"
+                                  "grpo_arithmetic_coupled.yaml")
+            return args[i + 1]
+        if token.startswith("--config="):
+            return token.partition("=")[2]
+    if args and not args[0].startswith("-") and args[0].endswith((".yaml", ".yml")):
+        return args[0]
+    return None
 
-    A ConfigError exits with ``prog: error: ...`` (status 2, no traceback) unless ``exit_on_error`` is False.
+
+def _without_config(args: Sequence[str]) -> list[str]:
+    args = list(args)
+    if args and not args[0].startswith("-") and args[0].endswith((".yaml", ".yml")):
+        return args[1:]
+    out, skip = [], False
+    for token in args:
+        if skip:
+            skip = False
+        elif token == "--config":
+            skip = True
+        elif not token.startswith("--config="):
+            out.append(token)
+    return out
+
+
+def _fields(parser) -> dict[str, str]:
+    """option string -> field name, for every option of ``parser`` but help."""
+    return {opt: a.dest for a in parser._actions for opt in a.option_strings if a.dest != "help"}
+
+
+def _check_config_keys(config: dict, parser, source) -> None:
+    known = {a.dest for a in parser._actions} - {"help"} | {"env"}
+    for key in config:
+        if key not in known:
+            raise ConfigError(f"unknown config field {key!r} in {source}{closest(key, known)}; the fields are those "
+                              f"listed by --help")
+
+
+def _check_flags(args: Sequence[str], parser) -> list[str]:
+    """Field names set by ``--flag [value]`` tokens; ConfigError naming the closest field for an unknown flag."""
+    dest_of = _fields(parser)
+    names = []
+    for token in args:
+        if not token.startswith("--") or token in ("--help",):
+            continue
+        flag = token.split("=", 1)[0]
+        if flag not in dest_of:
+            raise ConfigError(f"unknown config field {flag!r} on the command line{closest(flag, dest_of)}; the "
+                              "fields are those listed by --help")
+        names.append(dest_of[flag])
+    return names
+
+
+def _set_defaults(parser, config: dict) -> None:
+    """The YAML values as the parser's defaults (a required field given in the YAML is no longer required)."""
+    for action in parser._actions:
+        if action.dest in config:
+            action.default = config[action.dest]
+            action.required = False
+
+
+def parse_config(parser, args: Sequence[str] | None = None, *, exit_on_error: bool = True, recipe: str | None = None,
+                 return_fields: bool = False) -> tuple:
+    """The parser's dataclasses from ``args`` (default ``sys.argv[1:]``): YAML values (``--config FILE``, see
+    :func:`config_path`) as defaults, then ``--field value`` overrides; see the module docstring for the checks.
+
+    ``recipe``: the recipe this parser belongs to; a YAML ``recipe:`` naming another one is refused (without
+    ``recipe`` the key is ignored). ``return_fields``: return ``(dataclasses, names of the fields the YAML or the
+    command line set)``. A ConfigError exits with ``prog: error: ...`` (status 2, no traceback) unless
+    ``exit_on_error`` is False.
     """
     args = list(sys.argv[1:] if args is None else args)
     try:
-        config = {}
-        if "--config" in args:
-            i = args.index("--config")
-            if i + 1 >= len(args):
-                raise ConfigError("--config needs a YAML file, e.g. --config examples/configs/"
-                                  "grpo_arithmetic_coupled.yaml")
-            config = load_yaml_config(args[i + 1])
-        cpu_safe_defaults(parser, config, args)
-        with precision_errors():
-            return parser.parse_args_and_config(args)
+        path = config_path(args)
+        config = load_yaml_config(path) if path is not None else {}
+        named = config.pop(RECIPE_KEY, None)
+        if recipe is not None and named is not None and named != recipe:
+            raise ConfigError(f"{path} is a config of recipe {named!r}, not {recipe!r}; run it with "
+                              f"`attnrl train {path}` (or `--recipe {named}`)")
+        env = config.pop("env", None) or {}
+        if not isinstance(env, dict):
+            raise ConfigError(f"{path}: `env:` must be a mapping of environment variable: value")
+        _check_config_keys(config, parser, path)
+        overrides = _without_config(args)
+        flag_fields = _check_flags(overrides, parser)
+        for key, value in env.items():
+            os.environ[key] = str(value)
+        _set_defaults(parser, config)
+        cpu_safe_defaults(parser, config, overrides)
+        try:
+            with precision_errors():
+                values = tuple(parser.parse_args_into_dataclasses(args=overrides))
+        except ConfigError:
+            raise
+        except ValueError as e:  # a field's own check (a dataclass __post_init__): a config mistake too
+            raise ConfigError(str(e)) from e
     except ConfigError as e:
         if not exit_on_error:
             raise
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if return_fields:
+        return values, list(dict.fromkeys([*config, *flag_fields]))
+    return values

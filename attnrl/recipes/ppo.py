@@ -1,28 +1,129 @@
 """The main job with PPO instead of GRPO: a critic + GAE + attention-aware credit, LoRA, evaluated before/after.
 
-Same steps as :func:`attnrl.recipes.grpo.run_grpo_job` (its job arguments, rewards and report are reused): load
-the model, build train / held-out splits, measure greedy held-out accuracy, train :class:`AttnPPOTrainer` with a
-LoRA adapter (the policy's, and a separate one for the critic), measure again, save the checkpoint (policy adapter
-in peft format + critic + training state) and the run report.
+    python examples/train_ppo.py --config examples/configs/ppo_arithmetic_coupled.yaml [--field value ...]
+    attnrl train --recipe ppo examples/configs/ppo_arithmetic_coupled.yaml [--field value ...]
+    attnrl train ray_configs/local_ppo.yaml                   # the same job on Ray Train workers
+
+Every field of PPOJobArguments (the GRPO job's), AttnPPOConfig (transformers.TrainingArguments + PPO fields +
+credit_*) and RayArguments is a YAML key and a flag. The phases are the GRPO job's
+(:class:`attnrl.recipes.task.TaskJobRunner`) with :class:`CallbackPPOTrainer`: the policy gets a LoRA adapter and
+the separate critic another; the saved adapter folder holds the policy adapter (peft format) and ``critic/``.
+On Ray each worker runs the same phases; checkpoints (policy, critic, optimizer, RNG of every rank) go through Ray
+Train and a restarted worker group resumes from the last one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from attnrl.recipes.grpo import GRPOJobArguments, run_job
+from transformers import TrainerControl
+
 from attnrl.trainers.ppo import AttnPPOConfig, AttnPPOTrainer
+
+from .task import TaskJobArguments, TaskJobRunner
+
+RECIPE = "ppo"
 
 
 @dataclass
-class PPOJobArguments(GRPOJobArguments):
+class PPOJobArguments(TaskJobArguments):
     """What to train on and how to evaluate (the same fields as the GRPO job); PPO's own settings live in
     :class:`AttnPPOConfig`. ``lora_r`` also sets the critic's LoRA in ``critic_mode="separate"``."""
 
 
+class CallbackPPOTrainer(AttnPPOTrainer):
+    """AttnPPOTrainer that calls transformers ``TrainerCallback`` hooks as the HF Trainer does, so the recipe's,
+    the benchmarks' and Ray's callbacks work with PPO: ``on_train_begin``/``on_train_end``, ``on_step_begin``
+    (before a rollout; ``state.global_step`` = steps done), ``on_step_end`` (after the step's update and logging)
+    and ``on_save`` (after each ``checkpoint-<step>`` folder of ``output_dir`` is written, on every process)."""
+
+    def __init__(self, *args, callbacks: Sequence = (), **kwargs):
+        self.callbacks = list(callbacks)
+        self.control = TrainerControl()
+        super().__init__(*args, **kwargs)
+
+    def _event(self, name: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(self.args, self.state, self.control, model=self.model,
+                                    processing_class=self.processing_class)
+
+    def train(self, resume_from_checkpoint=None):
+        self._event("on_train_begin")
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint)
+        self._event("on_train_end")
+        return output
+
+    def _next_prompts(self):  # the first thing of every step
+        self._event("on_step_begin")
+        return super()._next_prompts()
+
+    def _finish_step(self):  # after global_step += 1
+        metrics = super()._finish_step()
+        self._event("on_step_end")
+        return metrics
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        super().save_model(output_dir)
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if output_dir is not None and Path(output_dir) == checkpoint:
+            self._event("on_save")
+
+
+class PPORunner(TaskJobRunner):
+    """The PPO job's phases with :class:`CallbackPPOTrainer`; ``finish`` saves on every process (a collective
+    save: the trainer synchronises its processes and writes each one's RNG state)."""
+
+    name = RECIPE
+    label = "AttnPPO"
+    trainer_cls = CallbackPPOTrainer
+
+    @classmethod
+    def check(cls, job, args: AttnPPOConfig) -> None:
+        super().check(job, args)
+        args.validate_ppo()
+
+    def finish(self, out_dir=None, extra=None):
+        out_dir = Path(out_dir or self.args.output_dir)
+        (out_dir / "adapter").mkdir(parents=True, exist_ok=True)  # every process writes its RNG state there
+        return super().finish(out_dir, {"critic_mode": self.args.critic_mode, **(extra or {})})
+
+    def trainable_model(self):
+        """Policy, critic (separate mode) and value head: every module PPO trains."""
+        from torch import nn
+
+        t = self.trainer
+        return nn.ModuleList([m for m in (t.model, t.critic, t.value_head) if m is not None])
+
+
+def make_parser(prog: str | None = None):
+    """TrlParser over (PPOJobArguments, AttnPPOConfig, RayArguments)."""
+    from trl import TrlParser
+
+    from attnrl.distributed.config import RayArguments
+
+    return TrlParser((PPOJobArguments, AttnPPOConfig, RayArguments), prog=prog, description=__doc__.split("\n")[0])
+
+
+def run(job: PPOJobArguments, args: AttnPPOConfig, ray_args=None) -> dict:
+    """The job in this process, or on Ray when ``ray_args`` asks for it; returns the results dictionary."""
+    if ray_args is not None and ray_args.use_ray:
+        from attnrl.distributed import launcher
+
+        return launcher.launch(job, args, ray_args, runner=PPORunner)
+    return PPORunner(job, args).run()
+
+
 def run_ppo_job(job: PPOJobArguments, args: AttnPPOConfig) -> dict:
-    """Run the whole job; returns (and writes to ``args.output_dir``/report) the results dictionary."""
-    args.validate_ppo()
-    results = run_job(job, args, AttnPPOTrainer, "ppo")
-    results["critic_mode"] = args.critic_mode
-    return results
+    """Run the whole job in this process; returns (and writes to ``args.output_dir``/report) the results."""
+    return PPORunner(job, args).run()
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None, traceback: bool = False) -> int:
+    """Command line of the recipe (the example script and ``attnrl train --recipe ppo``); returns the exit status."""
+    import sys
+
+    from .command import recipe_main
+
+    return recipe_main(sys.modules[__name__], argv, prog=prog, traceback=traceback)

@@ -31,9 +31,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "results" / "learning"
 STRATEGIES = ("uniform", "random", "entropy", "local_chunk", "global_anchor", "coupled")
-# Variants: a strategy run with other credit settings, named here. METHODS.md's window W=10 and FAI horizon
-# [s+10, s+100] were chosen for chains of thought hundreds of tokens long; with 16-24 token completions most
-# tokens have no query in that horizon, so 'coupled_short' scales both down (a default of ours, not the paper's).
+# Variants: a strategy run with other credit settings, named here. The window W=10 and FAI horizon [s+10, s+100]
+# of docs/methods.md §1.2 were chosen for chains of thought hundreds of tokens long; with 16-24 token completions
+# most tokens have no query in that horizon, so 'coupled_short' scales both down (a default of ours, not the
+# paper's).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "coupled_short": ("coupled", {"credit_window": 4, "credit_fai_lo": 2, "credit_fai_hi": None}),
 }
@@ -90,88 +91,94 @@ def task_data(task: str, budget: SweepBudget):
 
 
 def job_arguments(task: str, budget: SweepBudget):
-    """The main job's arguments for this cell (LoRA adapter and held-out evaluation as in ``attnrl.recipes.grpo``)."""
+    """The main job's arguments for this cell (LoRA adapter and held-out evaluation as in ``attnrl.recipes.grpo``;
+    the base model is measured once per task, not in each cell)."""
     from attnrl.recipes.grpo import GRPOJobArguments
 
     return GRPOJobArguments(model_name_or_path=budget.model, task=task, train_size=budget.train_size,
                             eval_size=budget.eval_size, lora_r=budget.lora_r, lora_alpha=2 * budget.lora_r,
-                            eval_max_new_tokens=TASK_SETTINGS[task]["eval_max_new_tokens"])
+                            eval_max_new_tokens=TASK_SETTINGS[task]["eval_max_new_tokens"], skip_eval_before=True)
 
 
-def evaluator(task: str, budget: SweepBudget, tokenizer, held_out):
-    """``evaluate(model) -> accuracy`` in [0, 1]: greedy, on ``held_out``, with the task's exact checker."""
-    from attnrl.recipes.grpo import held_out_evaluator
-
-    evaluate = held_out_evaluator(job_arguments(task, budget), tokenizer, held_out)
-    return lambda model: evaluate(model, f"held-out {task}").accuracy
-
-
-def run_base(task: str, budget: SweepBudget, out: Path) -> None:
-    """Greedy held-out accuracy of the base model (step 0 of every cell of ``task``)."""
-    from attnrl.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(budget.model)
-    _, held_out = task_data(task, budget)
-    t0 = time.time()
-    accuracy = evaluator(task, budget, tokenizer, held_out)(model)
-    write_json_atomic(out / f"base__{task}.json", {"task": task, "accuracy": accuracy,
-                                                   "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
-
-
-def run_cell(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path) -> dict:
-    """Train one cell and write its results file; returns the results."""
-    import torch
-    from transformers import TrainerCallback
-
-    from attnrl.models import load_model_and_tokenizer
-    from attnrl.recipes.grpo import lora_config, task_rewards
-    from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
+def cell_config(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path):
+    """The AttnGRPOConfig of one cell: the budget's settings, the strategy's credit settings, the seed."""
+    from attnrl.trainers.grpo import AttnGRPOConfig
 
     base_strategy, credit_overrides = VARIANTS.get(strategy, (strategy, {}))
-    torch.manual_seed(seed)
-    model, tokenizer = load_model_and_tokenizer(budget.model)
-    train, held_out = task_data(task, budget)
-    evaluate = evaluator(task, budget, tokenizer, held_out)
-    settings = TASK_SETTINGS[task]
-    run_dir = out / "runs" / cell_name(task, strategy, seed)
-    args = AttnGRPOConfig(
-        output_dir=str(run_dir), max_steps=budget.steps, learning_rate=budget.learning_rate,
-        lr_scheduler_type="constant", per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
-        num_generations=budget.num_generations, max_completion_length=settings["max_completion_length"],
+    return AttnGRPOConfig(
+        output_dir=str(out / "runs" / cell_name(task, strategy, seed)), max_steps=budget.steps,
+        learning_rate=budget.learning_rate, lr_scheduler_type="constant",
+        per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
+        num_generations=budget.num_generations, max_completion_length=TASK_SETTINGS[task]["max_completion_length"],
         temperature=budget.temperature, beta=0.0, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, bf16=False, seed=seed, data_seed=seed, disable_tqdm=True,
         credit_strategy=base_strategy, credit_seed=seed, **credit_overrides,
     )
-    curve: list[dict] = []
+
+
+def cell_runner(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path):
+    """The recipe's GRPO runner for one cell: the budget's datasets; held-out accuracy every ``eval_every`` steps
+    (a callback); ``finish`` writes the cell's results file instead of an adapter and a report."""
+    from transformers import TrainerCallback
+
+    from attnrl.recipes.grpo import GRPORunner
+
+    name = cell_name(task, strategy, seed)
 
     class HeldOutAccuracy(TrainerCallback):
-        """Greedy held-out accuracy every ``eval_every`` steps and at the last step."""
+        """Greedy held-out accuracy every ``eval_every`` steps and at the last step (into ``runner.curve``)."""
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             step = state.global_step
             if step % budget.eval_every == 0 or step == state.max_steps:
                 t0 = time.time()
-                curve.append({"step": step, "accuracy": evaluate(model), "seconds": round(time.time() - t0, 1)})
-                print(f"[{cell_name(task, strategy, seed)}] step {step}: held-out {100 * curve[-1]['accuracy']:.1f}%",
-                      flush=True)
+                runner.curve.append({"step": step, "accuracy": runner.evaluate(model, f"held-out {task}").accuracy,
+                                     "seconds": round(time.time() - t0, 1)})
+                print(f"[{name}] step {step}: held-out {100 * runner.curve[-1]['accuracy']:.1f}%", flush=True)
 
-    trainer = AttnGRPOTrainer(model=model, reward_funcs=task_rewards(task, ["correct"]), args=args,
-                              train_dataset=train, processing_class=tokenizer,
-                              peft_config=lora_config(job_arguments(task, budget)), callbacks=[HeldOutAccuracy()])
+    class CellRunner(GRPORunner):
+        def datasets(self):
+            return task_data(task, budget)
+
+        def finish(self, out_dir=None, extra=None) -> dict:
+            base_strategy, credit_overrides = VARIANTS.get(strategy, (strategy, {}))
+            wall = self.train_seconds
+            eval_seconds = sum(point["seconds"] for point in self.curve)
+            result = {
+                "task": task, "strategy": strategy, "seed": seed, "budget": asdict(budget),
+                "credit_strategy": base_strategy, "credit_overrides": credit_overrides,
+                "task_settings": TASK_SETTINGS[task], "accuracy_curve": self.curve,
+                "final_accuracy": self.curve[-1]["accuracy"], "wall_seconds": round(wall, 1),
+                "train_seconds": round(wall - eval_seconds, 1),
+                "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
+                "log_history": [e for e in self.trainer.state.log_history if "loss" in e or "reward" in e],
+            }
+            write_json_atomic(out / "cells" / f"{name}.json", result)
+            return result
+
+    runner = CellRunner(job_arguments(task, budget), cell_config(task, strategy, seed, budget, out),
+                        callbacks=[HeldOutAccuracy()])
+    runner.curve = []
+    return runner
+
+
+def run_base(task: str, budget: SweepBudget, out: Path) -> None:
+    """Greedy held-out accuracy of the base model (step 0 of every cell of ``task``): the runner's set-up and
+    base-model evaluation."""
+    from dataclasses import replace
+
+    runner = cell_runner(task, "uniform", 0, budget, out)
+    runner.job = replace(runner.job, skip_eval_before=False)
+    runner.setup()
     t0 = time.time()
-    trainer.train()
-    wall = time.time() - t0
-    eval_seconds = sum(point["seconds"] for point in curve)
-    result = {
-        "task": task, "strategy": strategy, "seed": seed, "budget": asdict(budget),
-        "credit_strategy": base_strategy, "credit_overrides": credit_overrides,
-        "task_settings": settings, "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"],
-        "wall_seconds": round(wall, 1), "train_seconds": round(wall - eval_seconds, 1),
-        "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
-        "log_history": [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry],
-    }
-    write_json_atomic(out / "cells" / f"{cell_name(task, strategy, seed)}.json", result)
-    return result
+    accuracy = runner.evaluate_before()
+    write_json_atomic(out / f"base__{task}.json", {"task": task, "accuracy": accuracy,
+                                                   "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
+
+
+def run_cell(task: str, strategy: str, seed: int, budget: SweepBudget, out: Path) -> dict:
+    """Train one cell (the recipe's runner phases) and write its results file; returns the results."""
+    return cell_runner(task, strategy, seed, budget, out).run()
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -188,18 +195,21 @@ def budget_args(budget: SweepBudget) -> list[str]:
     return [arg for key, value in asdict(budget).items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
-def run_in_subprocess(what: list[str], budget: SweepBudget, out: Path, threads: int, log_name: str) -> int:
-    """Run this script with ``what`` (``--cell ...`` / ``--base ...``) in a fresh process; log to ``out/logs``."""
+def run_in_subprocess(what: list[str], budget, out: Path, threads: int, log_name: str,
+                      script: Path | None = None) -> int:
+    """Run ``script`` (default: this one) with ``what`` (``--cell ...`` / ``--base ...``) in a fresh process; log to
+    ``out/logs``. Another script must take the same arguments (``--cell``, ``--base``, the budget's, ``--out``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     log = out / "logs" / f"{log_name}.log"
     with log.open("w") as handle:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *what, *budget_args(budget), "--out", str(out)]
+        cmd = [sys.executable, str(script or Path(__file__).resolve()), *what, *budget_args(budget), "--out", str(out)]
         return subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
 
 
-def sweep(tasks, strategies, seeds, budget: SweepBudget, out: Path, jobs: int, threads: int) -> int:
-    """Run every missing cell (``jobs`` at a time); returns the number of cells that failed."""
+def sweep(tasks, strategies, seeds, budget, out: Path, jobs: int, threads: int, script: Path | None = None) -> int:
+    """Run every missing cell (``jobs`` at a time) with ``script`` (see run_in_subprocess); returns the number of
+    cells that failed."""
     from tqdm.auto import tqdm
 
     for sub in ("cells", "logs", "runs"):
@@ -208,7 +218,7 @@ def sweep(tasks, strategies, seeds, budget: SweepBudget, out: Path, jobs: int, t
     for task in tasks:
         if not (out / f"base__{task}.json").exists():
             print(f"base model on {task} ...", flush=True)
-            if run_in_subprocess(["--base", task], budget, out, threads * jobs, f"base__{task}") != 0:
+            if run_in_subprocess(["--base", task], budget, out, threads * jobs, f"base__{task}", script) != 0:
                 raise SystemExit(f"the base-model evaluation of {task} failed; see {out / 'logs'}")
     todo = pending_cells(tasks, strategies, seeds, out)
     total = len(tasks) * len(strategies) * len(seeds)
@@ -217,7 +227,7 @@ def sweep(tasks, strategies, seeds, budget: SweepBudget, out: Path, jobs: int, t
     with tqdm(total=len(todo), desc="learning sweep", unit="cell") as bar, ThreadPoolExecutor(jobs) as pool:
         def one(cell):
             name = cell_name(*cell)
-            rc = run_in_subprocess(["--cell", cell[0], cell[1], str(cell[2])], budget, out, threads, name)
+            rc = run_in_subprocess(["--cell", cell[0], cell[1], str(cell[2])], budget, out, threads, name, script)
             bar.update(1)
             bar.set_postfix_str(f"last: {name} {'ok' if rc == 0 else f'FAILED rc={rc}'}")
             return rc
