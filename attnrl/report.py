@@ -10,7 +10,7 @@ import torch
 
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
-from attnrl.credit.strategies import CreditInputs, coupled_roles, top_q_mask, waad_jumps
+from attnrl.credit.strategies import CreditInputs, coupled_roles, preplan_mask
 
 
 @dataclass
@@ -41,9 +41,9 @@ def analyze_response(model, tokenizer, prompt: list[dict], completion: str, conf
     if c_ids.shape[1] == 0:
         raise ValueError("the completion is empty: nothing to analyse")
     result = assigner.assign(model, p_ids, torch.ones_like(p_ids), c_ids, torch.ones_like(c_ids))
-    mask = torch.ones_like(c_ids, dtype=torch.bool)
-    preplan = top_q_mask(waad_jumps(result.waad, mask), mask, config.credit_top_q)
-    roles = coupled_roles(CreditInputs(mask, waad=result.waad, fai=result.fai), config.credit_params())
+    inputs = CreditInputs(torch.ones_like(c_ids, dtype=torch.bool), waad=result.waad, fai=result.fai)
+    preplan = preplan_mask(inputs, config.credit_params())
+    roles = coupled_roles(inputs, config.credit_params())
     return RhythmAnalysis(
         tokens=[tokenizer.decode([t]) for t in c_ids[0].tolist()],
         waad=result.waad[0].tolist(),

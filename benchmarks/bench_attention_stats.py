@@ -56,8 +56,8 @@ from attnrl.kernels.triton_stats import attention_statistics_triton
 from attnrl.credit.heads import default_layers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-CREDIT_SPEC = StatsSpec(window=10, fai_lo=10, fai_hi=100)  # docs/methods.md §1.2 credit-assignment setting
-ANALYSIS_SPEC = StatsSpec(window=10, fai_lo=1, fai_hi=None)  # FAI horizon to the end of the sequence
+CREDIT_SPEC = StatsSpec()  # the credit-assignment defaults W = 10, FAI [s+10, s+100] (docs/methods.md §1.2)
+ANALYSIS_SPEC = StatsSpec(fai_lo=1, fai_hi=None)  # FAI horizon from s+1 to the end of the sequence
 LAYER_GOAL_X = 1.5  # full statistics pass / SDPA forward, one layer
 MODEL_GOAL_X = 1.03  # forward with Triton statistics / plain forward, device time
 STAT_FIELDS = ("dist_sum", "waad", "fai_sum")  # what every model-forward method delivers

@@ -1,4 +1,4 @@
-"""Chunked PyTorch reference for the attention statistics of METHODS.md §1.2 and §2.
+"""Chunked PyTorch reference for the attention statistics of docs/methods.md §1.2 and §2.
 
 Everything is computed from post-RoPE queries and keys of one layer, one query chunk at a time, so memory
 is O(B * H * chunk * T) instead of O(B * H * T * T). This is both the CPU path of the dispatcher and the
@@ -28,11 +28,15 @@ __all__ = ["AttentionStats", "StatsSpec", "attention_statistics_torch", "fai_cou
 
 @dataclass(frozen=True)
 class StatsSpec:
-    """What to compute. ``fai_hi=None`` means the horizon runs to the end of the sequence."""
+    """What to compute. ``fai_hi=None`` means the horizon runs to the end of the sequence.
 
-    window: int = 10  # W of WAAD (METHODS.md §1.2)
-    fai_lo: int = 10  # H_lo of FAI
-    fai_hi: int | None = 100  # H_hi of FAI (None: end of sequence, the analysis setting)
+    These defaults are the only place the credit-assignment values of W, H_lo and H_hi are written;
+    ``attnrl.credit.config.CreditConfig`` reads them.
+    """
+
+    window: int = 10  # W of WAAD, tokens: the paper's (docs/methods.md §1.2)
+    fai_lo: int = 10  # H_lo of FAI, tokens: the paper's credit-assignment setting (docs/methods.md §1.2)
+    fai_hi: int | None = 100  # H_hi of FAI: the paper's credit setting (None: end of sequence, for analysis plots)
 
     def __post_init__(self):
         if self.window < 1:
@@ -61,6 +65,21 @@ class AttentionStats:
     fai_sum: torch.Tensor
     fai_count: torch.Tensor
     span_mass: torch.Tensor | None = None
+
+    @classmethod
+    def cat(cls, parts: list[AttentionStats]) -> AttentionStats:
+        """The statistics of consecutive row blocks (micro-batches of one padded batch) as one, along B.
+
+        Every part must have the same T; a field that is None in the first part (``dist_sum`` of the band pass,
+        ``span_mass`` without key masks) stays None.
+        """
+        if not parts:
+            raise ValueError("AttentionStats.cat needs at least one part")
+        if len(parts) == 1:
+            return parts[0]
+        fields = ("lse", "dist_sum", "waad", "fai_sum", "fai_count", "span_mass")
+        return cls(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+                      for f in fields})
 
 
 def fai_counts(seq_end: torch.Tensor, resp_start: torch.Tensor, T: int, spec: StatsSpec) -> torch.Tensor:

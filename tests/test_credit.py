@@ -1,4 +1,4 @@
-"""Every strategy's formula on hand-made cases (METHODS.md §1.3), head split and layer choice (§1.1)."""
+"""Every strategy's formula on hand-made cases (docs/methods.md §1.3), head split and layer choice (§1.1)."""
 
 import math
 
@@ -52,10 +52,14 @@ def test_waad_jumps():
 def test_uniform_random_entropy():
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool)
     x = CreditInputs(mask, entropy=torch.tensor([[0.1, 2.0, 0.3, 1.5, 0.2, 9.0]]), generator=torch.Generator().manual_seed(0))
-    assert torch.all(get_strategy("uniform")(x, P) == 1)
-    assert get_strategy("entropy")(x, P).tolist() == [[1, 1.5, 1, 1.5, 1, 1]]
+    uniform = get_strategy("uniform")(x, P)
+    assert torch.all(uniform.gamma == 1) and uniform.roles == {}
+    high = get_strategy("entropy")(x, P)
+    assert high.gamma.tolist() == [[1, 1.5, 1, 1.5, 1, 1]]
+    assert high.roles["high_entropy"].tolist() == [[False, True, False, True, False, False]]
     r = get_strategy("random")(x, P)
-    assert (r[0, :5] == 1.5).sum() == 2 and r[0, 5] == 1
+    assert (r.gamma[0, :5] == 1.5).sum() == 2 and r.gamma[0, 5] == 1
+    assert torch.equal(r.roles["selected"], r.gamma > 1)
     with pytest.raises(ValueError, match="entropies"):
         get_strategy("entropy")(CreditInputs(mask), P)
 
@@ -64,15 +68,17 @@ def test_local_chunk_amplifies_largest_waad_jumps():
     waad = torch.tensor([[1.0, 1.0, 6.0, 6.0, 2.0, 2.0]])
     mask = torch.ones(1, 6, dtype=torch.bool)
     # Δ = [0, 5, 0, 4, 0, NaN]; ceil(0.4*6) = 3 -> positions 1, 3 and the earliest 0-jump (0)
-    g = get_strategy("local_chunk")(CreditInputs(mask, waad=waad), P)
-    assert g.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+    out = get_strategy("local_chunk")(CreditInputs(mask, waad=waad), P)
+    assert out.gamma.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+    assert out.roles["preplan"].tolist() == [[True, True, False, True, False, False]]
 
 
 def test_global_anchor_amplifies_highest_fai_never_undefined():
     fai = torch.tensor([[0.2, 0.9, 0.1, 0.8, NAN, NAN]])
     mask = torch.ones(1, 6, dtype=torch.bool)
-    g = get_strategy("global_anchor")(CreditInputs(mask, fai=fai), P)
-    assert g.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+    out = get_strategy("global_anchor")(CreditInputs(mask, fai=fai), P)
+    assert out.gamma.tolist() == [[1.5, 1.5, 1.0, 1.5, 1.0, 1.0]]
+    assert out.roles["anchors"].tolist() == [[True, True, False, True, False, False]]
 
 
 def test_coupled_moves_alpha_of_a_dominated_anchor_to_its_introducer():
@@ -89,17 +95,19 @@ def test_coupled_moves_alpha_of_a_dominated_anchor_to_its_introducer():
     # anchors 7, 8: waad 8 > 6 -> not dominated
     assert roles["dominated"][0].nonzero().flatten().tolist() == [2, 5]
     assert roles["introducers"][0].nonzero().flatten().tolist() == [1, 3]
-    g = get_strategy("coupled")(x, P)
+    out = get_strategy("coupled")(x, P)
     want = [1, 1.25, 1.25, 1.25, 1, 1.25, 1, 1.5, 1.5, 1]
-    torch.testing.assert_close(g[0], torch.tensor(want))
+    torch.testing.assert_close(out.gamma[0], torch.tensor(want))
+    assert out.roles.keys() == roles.keys()  # the strategy returns the roles its gamma came from
+    assert all(torch.equal(out.roles[k], roles[k]) for k in roles)
 
 
 def test_coupled_with_alpha_zero_is_global_anchor():
     torch.manual_seed(0)
     mask = torch.ones(2, 12, dtype=torch.bool)
     x = CreditInputs(mask, waad=torch.rand(2, 12) * 5, fai=torch.rand(2, 12))
-    g = get_strategy("coupled")(x, CreditParams(coupled_alpha=0.0))
-    torch.testing.assert_close(g, get_strategy("global_anchor")(x, P))
+    g = get_strategy("coupled")(x, CreditParams(coupled_alpha=0.0)).gamma
+    torch.testing.assert_close(g, get_strategy("global_anchor")(x, P).gamma)
 
 
 def test_every_strategy_keeps_padding_at_one_and_bounds():
@@ -108,8 +116,10 @@ def test_every_strategy_keeps_padding_at_one_and_bounds():
     x = CreditInputs(mask, waad=torch.rand(2, 12), fai=torch.rand(2, 12), entropy=torch.rand(2, 12),
                      generator=torch.Generator().manual_seed(0))
     for name in STRATEGIES:
-        g = get_strategy(name)(x, P)
+        out = get_strategy(name)(x, P)
+        g = out.gamma
         assert g.shape == (2, 12), name
+        assert all(r.dtype == torch.bool and r.shape == (2, 12) and not r[~mask].any() for r in out.roles.values())
         assert torch.all(g[~mask] == 1), name
         assert torch.all((g >= 1) & (g <= 1 + 2 * (P.gamma_amp - 1))), name
 
@@ -194,3 +204,50 @@ def test_credit_layers_are_checked_against_the_model_layer_count_without_a_model
         CreditConfig(credit_layers=[0, 1], credit_head_profile_path=str(profile)).validate_credit_layers(4)
     with pytest.raises(FileNotFoundError, match="credit_head_profile_path=.*missing.json does not exist"):
         CreditConfig(credit_head_profile_path=str(tmp_path / "missing.json")).validate_credit_layers(4)
+
+
+def test_hybrid_models_get_their_default_layers_and_profile_check_among_the_attention_layers(tmp_path):
+    from attnrl.credit.config import CreditConfig
+
+    attention = [1, 3, 5, 7]  # e.g. attention every other layer of an 8-layer hybrid model
+    assert CreditConfig().credit_layer_indices(8) == default_layers(8) == [2, 3, 4, 5]
+    assert CreditConfig().credit_layer_indices(8, attention) == [3, 5]  # default_layers(4) = [1, 2] of the 4
+    assert CreditConfig(credit_layers=[6, 2]).credit_layer_indices(8, attention) == [2, 6]  # explicit: as given
+    profile = tmp_path / "heads.json"
+    HeadProfile.from_distances([3, 5], torch.rand(2, 4)).save(profile)
+    assert CreditConfig(credit_head_profile_path=str(profile)).validate_credit_layers(8, attention) == [3, 5]
+    with pytest.raises(ValueError, match=r"holds layers \[3, 5\] but credit_layers resolve to \[2, 3, 4, 5\]"):
+        CreditConfig(credit_head_profile_path=str(profile)).validate_credit_layers(8)
+    assert CreditConfig(credit_strategy="entropy").validate_credit_layers(8) == []  # reads no attention
+
+
+def test_every_default_is_written_once_and_read_by_the_config():
+    """CreditConfig's numeric defaults are the strategies', the kernels' and the head split's own defaults, read
+    from there (docs/methods.md §1.1-§1.3), never written again as literals."""
+    import ast
+    import inspect
+
+    from attnrl.kernels import StatsSpec
+
+    from attnrl.credit import DEFAULT_HEAD_FRACTION, DEFAULT_NUM_LAYERS
+    from attnrl.credit import config as config_module
+    from attnrl.credit.config import CreditConfig
+
+    cfg = CreditConfig()
+    assert cfg.credit_params() == CreditParams() and cfg.stats_spec() == StatsSpec()
+    assert (cfg.credit_num_layers, cfg.credit_head_fraction) == (DEFAULT_NUM_LAYERS, DEFAULT_HEAD_FRACTION) == (5, 0.3)
+    assert inspect.signature(default_layers).parameters["count"].default == DEFAULT_NUM_LAYERS
+    assert inspect.signature(HeadProfile.from_distances).parameters["fraction"].default == DEFAULT_HEAD_FRACTION
+    assert (P.gamma_amp, P.top_q, P.coupled_k, P.coupled_alpha) == (1.5, 0.4, 3, 0.5)
+    assert (StatsSpec().window, StatsSpec().fai_lo, StatsSpec().fai_hi) == (10, 10, 100)
+
+    tree = ast.parse(inspect.getsource(config_module))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CreditConfig")
+    literal = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.value, ast.Call):
+            for kw in stmt.value.keywords:
+                value = kw.value
+                if kw.arg == "default" and isinstance(value, ast.Constant) and type(value.value) in (int, float):
+                    literal.append(stmt.target.id)
+    assert literal == ["credit_seed"], f"CreditConfig fields with a literal numeric default: {literal}"  # no method's

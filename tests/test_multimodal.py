@@ -9,11 +9,11 @@ from attnrl.rewards.visual import AVAR_RATIO_COLUMN, visual_anchor_reward
 from datasets import Dataset
 from PIL import Image
 
+from attnrl.attention.collect import collect_statistics
 from attnrl.multimodal.evaluation import evaluate_visual
 from attnrl.multimodal.intervention import attention_intervention, intervention_key_bias
 from attnrl.multimodal.scores import resolve_avar_layers, visual_anchor_ratio, visual_attention_score
 from attnrl.multimodal.sft import attention_guided_sft_loss
-from attnrl.multimodal.statistics import collect_statistics
 from attnrl.multimodal.tasks import make_visual_examples
 from attnrl.multimodal.tokens import token_sets
 from attnrl.utils.tiny_vl import FAMILIES, QWEN2_VL_CHAT_TEMPLATE, tiny_vl_model, tiny_vl_processor
@@ -122,18 +122,20 @@ def test_an_empty_system_span_is_refused_instead_of_dividing_by_eps():
     assert generated == []  # refused before any generation
 
 
-def test_avar_trainer_refuses_prompts_without_system_tokens_at_construction(tmp_path):
+def _avar_trainer(grpo_trainer, model, processor, rows, reward_funcs, **overrides):
     from attnrl.multimodal.trainer import AVARGRPOConfig, AVARGRPOTrainer
 
-    args = AVARGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
-                          max_completion_length=4, max_steps=1, bf16=False, use_cpu=True, report_to=[],
-                          credit_strategy="uniform", reward_weights=[1.0, 0.3])
+    return grpo_trainer(model, trainer_cls=AVARGRPOTrainer, config_cls=AVARGRPOConfig, reward_funcs=reward_funcs,
+                        train_dataset=Dataset.from_list(rows), processing_class=processor, **overrides)
+
+
+def test_avar_trainer_refuses_prompts_without_system_tokens_at_construction(grpo_trainer):
     rows = make_visual_examples("count", 4, image_size=56)
 
     def build(dataset_rows):
-        return AVARGRPOTrainer(model=tiny_vl_model(num_layers=2), reward_funcs=[accuracy_reward, visual_anchor_reward],
-                               args=args, train_dataset=Dataset.from_list(dataset_rows),
-                               processing_class=_no_system_processor())
+        return _avar_trainer(grpo_trainer, tiny_vl_model(num_layers=2), _no_system_processor(), dataset_rows,
+                             [accuracy_reward, visual_anchor_reward], max_completion_length=4,
+                             credit_strategy="uniform", reward_weights=[1.0, 0.3])
 
     with pytest.raises(ValueError, match=r"r_visual \(first training prompt\): rows \[0\] have no system tokens"):
         build(rows)
@@ -246,9 +248,7 @@ def test_intervention_changes_only_the_selected_layers_inside_the_context(family
 
 
 @pytest.mark.parametrize("family,stats_pass", [("qwen2_vl", "separate"), ("qwen2_5_vl", "auto")])
-def test_two_grpo_steps_with_avar_rewards(tmp_path, family, stats_pass):
-    from attnrl.multimodal.trainer import AVARGRPOConfig, AVARGRPOTrainer
-
+def test_two_grpo_steps_with_avar_rewards(grpo_trainer, family, stats_pass):
     seen = []
 
     def always_correct(completions, answer, **kwargs):
@@ -258,17 +258,11 @@ def test_two_grpo_steps_with_avar_rewards(tmp_path, family, stats_pass):
         seen.append(list(avar_visual_ratio))
         return visual_anchor_reward(completions, answer, avar_visual_ratio, accuracy=always_correct, **kwargs)
 
-    args = AVARGRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        max_steps=2, bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, seed=0,
-        credit_fai_lo=1, credit_fai_hi=6, credit_window=3, credit_backend="torch", credit_stats_pass=stats_pass,
+    trainer = _avar_trainer(
+        grpo_trainer, tiny_vl_model(family, num_layers=LAYERS), tiny_vl_processor(family),
+        make_visual_examples("mixed", 8, image_size=56), [accuracy_reward, recording_visual_reward, format_reward],
+        max_completion_length=8, max_steps=2, credit_backend="torch", credit_stats_pass=stats_pass,
         reward_weights=[1.0, 0.3, 0.1], avar_layers=[0, 1],
-    )
-    trainer = AVARGRPOTrainer(
-        model=tiny_vl_model(family, num_layers=LAYERS),
-        reward_funcs=[accuracy_reward, recording_visual_reward, format_reward],
-        args=args, train_dataset=Dataset.from_list(make_visual_examples("mixed", 8, image_size=56)),
-        processing_class=tiny_vl_processor(family),
     )
     before = {n: p.clone() for n, p in trainer.model.named_parameters()}
     trainer.train()

@@ -4,12 +4,12 @@ import copy
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig, PeftModel
 
 from attnrl.algos import ppo_core
-from attnrl.trainers.ppo import AttnPPOConfig, AttnPPOTrainer, completion_mask_until_eos
+from attnrl.trainers.ppo import AttnPPOTrainer, completion_mask_until_eos
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
+from tests.conftest import prompt_dataset
 
 
 def a_fraction_reward(completions, answer, **kwargs):
@@ -19,31 +19,26 @@ def a_fraction_reward(completions, answer, **kwargs):
     return [1.0 + t.count("a") / max(1, len(t)) for t in texts]
 
 
-def _dataset(n=8):
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"say {i}"}], "answer": str(i)} for i in range(n)])
+def _dataset():
+    return prompt_dataset(8, "say {i}", answers=True)
 
 
 def _lora():
     return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], task_type="CAUSAL_LM")
 
 
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, num_generations=4,
-        max_completion_length=10, num_ppo_epochs=2, num_mini_batches=2, learning_rate=1e-3,
-        critic_learning_rate=1e-2, kl_coef=0.05, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-        credit_fai_lo=1, credit_fai_hi=6, credit_window=3, seed=0, disable_tqdm=True,
-    )
-    base.update(kw)
-    return AttnPPOConfig(**base)
+@pytest.fixture
+def ppo_trainer(ppo_args):
+    """``make(output_dir=None, peft_config="lora", **overrides)``: AttnPPOTrainer on the tiny Llama."""
 
+    def make(output_dir=None, peft_config="lora", **overrides):
+        return AttnPPOTrainer(
+            model=tiny_causal_lm("llama"), reward_funcs=a_fraction_reward, args=ppo_args(output_dir, **overrides),
+            train_dataset=_dataset(), processing_class=tiny_tokenizer(),
+            peft_config=_lora() if peft_config == "lora" else None,
+        )
 
-def _trainer(tmp_path, peft_config="lora", **kw):
-    return AttnPPOTrainer(
-        model=tiny_causal_lm("llama"), reward_funcs=a_fraction_reward, args=_args(tmp_path, **kw),
-        train_dataset=_dataset(), processing_class=tiny_tokenizer(),
-        peft_config=_lora() if peft_config == "lora" else None,
-    )
+    return make
 
 
 def _trainable(trainer):
@@ -52,8 +47,8 @@ def _trainable(trainer):
             for n, p in mod.named_parameters() if p.requires_grad}
 
 
-def test_value_loss_falls_and_metrics_are_logged(tmp_path):
-    trainer = _trainer(tmp_path, max_steps=6, kl_coef=0.0, num_ppo_epochs=4, cliprange_value=10.0)
+def test_value_loss_falls_and_metrics_are_logged(ppo_trainer):
+    trainer = ppo_trainer(max_steps=6, kl_coef=0.0, num_ppo_epochs=4, cliprange_value=10.0)
     trainer.train()
     log = trainer.state.log_history
     assert [e["step"] for e in log] == list(range(1, 7))
@@ -70,14 +65,14 @@ def test_value_loss_falls_and_metrics_are_logged(tmp_path):
     "critic_mode,peft_config,extra",
     [("separate", "lora", {"credit_head_profile": "cached"}), ("shared", "lora", {}), ("separate", None, {})],
 )
-def test_resume_continues_identically(tmp_path, critic_mode, peft_config, extra):
+def test_resume_continues_identically(ppo_trainer, tmp_path, critic_mode, peft_config, extra):
     """Train 3 steps with a checkpoint after step 2; a fresh trainer resuming from it must redo step 3 exactly."""
     kw = dict(critic_mode=critic_mode, max_steps=3, lr_scheduler_type="linear", **extra)
-    straight = _trainer(tmp_path, peft_config, save_strategy="steps", save_steps=2, **kw)
+    straight = ppo_trainer(tmp_path, peft_config, save_strategy="steps", save_steps=2, **kw)
     straight.train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
 
-    resumed = _trainer(tmp_path, peft_config, **kw)
+    resumed = ppo_trainer(tmp_path, peft_config, **kw)
     resumed.train(resume_from_checkpoint=True)  # the latest checkpoint in output_dir
 
     assert resumed.state.global_step == 3
@@ -88,12 +83,12 @@ def test_resume_continues_identically(tmp_path, critic_mode, peft_config, extra)
     assert params_a.keys() == params_b.keys() and len(params_a) > 2
     for name in params_a:
         torch.testing.assert_close(params_a[name], params_b[name], atol=1e-6, rtol=1e-5, msg=name)
-    untrained = _trainable(_trainer(tmp_path / "fresh", peft_config, **kw))
+    untrained = _trainable(ppo_trainer(tmp_path / "fresh", peft_config, **kw))
     assert any(not torch.equal(untrained[n], params_a[n]) for n in params_a), "nothing trained"
 
 
-def test_saved_adapter_loads_with_peft(tmp_path):
-    trainer = _trainer(tmp_path, max_steps=1)
+def test_saved_adapter_loads_with_peft(ppo_trainer, tmp_path):
+    trainer = ppo_trainer(max_steps=1)
     trainer.train()
     trainer.save_model(str(tmp_path / "out"))
     for f in ("adapter_config.json", "adapter_model.safetensors", "training_state.pt", "rng_state_0.pt",
@@ -106,14 +101,14 @@ def test_saved_adapter_loads_with_peft(tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
 
 
-def _first_rollout(tmp_path, strategy, **kw):
-    trainer = _trainer(tmp_path / strategy, credit_strategy=strategy, **kw)
+def _first_rollout(ppo_trainer, tmp_path, strategy, **kw):
+    trainer = ppo_trainer(tmp_path / strategy, credit_strategy=strategy, **kw)
     return trainer, trainer.make_rollout(trainer._next_prompts())
 
 
-def test_uniform_is_plain_ppo_and_coupled_only_multiplies_by_gamma(tmp_path):
-    _, plain = _first_rollout(tmp_path, "uniform")
-    _, coupled = _first_rollout(tmp_path, "coupled")
+def test_uniform_is_plain_ppo_and_coupled_only_multiplies_by_gamma(ppo_trainer, tmp_path):
+    _, plain = _first_rollout(ppo_trainer, tmp_path, "uniform")
+    _, coupled = _first_rollout(ppo_trainer, tmp_path, "coupled")
     assert torch.equal(plain.completion_ids, coupled.completion_ids)  # same seed, same rollout
     m = plain.loss_mask
     gae, _ = ppo_core.compute_gae(plain.rewards, plain.values, m, gamma=1.0, lam=0.95)
@@ -126,8 +121,8 @@ def test_uniform_is_plain_ppo_and_coupled_only_multiplies_by_gamma(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "random", "global_anchor"])
-def test_other_strategies_amplify_some_tokens(tmp_path, strategy):
-    trainer, rollout = _first_rollout(tmp_path, strategy, credit_sign_mode="nonnegative")
+def test_other_strategies_amplify_some_tokens(ppo_trainer, tmp_path, strategy):
+    trainer, rollout = _first_rollout(ppo_trainer, tmp_path, strategy, credit_sign_mode="nonnegative")
     g, m = rollout.gamma, rollout.loss_mask
     assert (g[m] > 1).any() and (g[~m] == 1).all()
     gae, _ = ppo_core.compute_gae(rollout.rewards, rollout.values, m, 1.0, 0.95)
@@ -152,12 +147,12 @@ def test_completion_mask_until_eos():
         ("credit_strategy", "cupled", "credit_strategy='cupled' is unknown"),
     ],
 )
-def test_bad_config_fails_at_construction(tmp_path, field, value, match):
+def test_bad_config_fails_at_construction(ppo_args, field, value, match):
     with pytest.raises(ValueError, match=match):
-        _args(tmp_path, **{field: value})
+        ppo_args(**{field: value})
 
 
-def test_run_ppo_job_on_a_tiny_model(tmp_path):
+def test_run_ppo_job_on_a_tiny_model(ppo_args, tmp_path):
     from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
 
     model_dir = tmp_path / "tiny"
@@ -165,7 +160,7 @@ def test_run_ppo_job_on_a_tiny_model(tmp_path):
     tiny_tokenizer().save_pretrained(model_dir)
     job = PPOJobArguments(model_name_or_path=str(model_dir), train_size=16, eval_size=4, eval_batch_size=4,
                           eval_max_new_tokens=6, lora_r=4, lora_alpha=8)
-    results = run_ppo_job(job, _args(tmp_path / "run", max_steps=1))
+    results = run_ppo_job(job, ppo_args(tmp_path / "run", max_steps=1))
     assert results["algorithm"] == "ppo" and results["train_steps"] == 1 and results["eval_size"] == 4
     assert 0.0 <= results["accuracy_before"] <= 1.0 and 0.0 <= results["accuracy_after"] <= 1.0
     for f in ("report/results.json", "report/report.md", "report/reward_curve.png", "report/rhythm.html",
@@ -173,7 +168,7 @@ def test_run_ppo_job_on_a_tiny_model(tmp_path):
         assert (tmp_path / "run" / f).exists(), f
 
 
-def test_rollout_samples_from_the_distribution_whose_log_probs_it_trains(tmp_path):
+def test_rollout_samples_from_the_distribution_whose_log_probs_it_trains(ppo_args):
     """The model ships a generation_config with logits processors (as instruct checkpoints do); the rollout must
     ignore them: the sampler's processed scores are exactly softmax(logits / temperature) of the trainer's forward."""
     model = tiny_causal_lm("llama")
@@ -181,7 +176,7 @@ def test_rollout_samples_from_the_distribution_whose_log_probs_it_trains(tmp_pat
                    suppress_tokens=[40, 41], min_new_tokens=3, epsilon_cutoff=0.01)
     model.generation_config.update(**shipped)
     trainer = AttnPPOTrainer(model=model, reward_funcs=a_fraction_reward, train_dataset=_dataset(),
-                             args=_args(tmp_path, temperature=0.7, max_completion_length=8),
+                             args=ppo_args(temperature=0.7, max_completion_length=8),
                              processing_class=tiny_tokenizer(), peft_config=_lora())
     scores, generate = [], trainer.model.generate
 

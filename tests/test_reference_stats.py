@@ -1,4 +1,4 @@
-"""The chunked PyTorch statistics path against brute-force materialised attention (METHODS.md §1.2)."""
+"""The chunked PyTorch statistics path against brute-force materialised attention (docs/methods.md §1.2)."""
 
 import pytest
 import torch

@@ -18,6 +18,7 @@ from attnrl.injection import (
 from attnrl.injection.icl import few_shot_prompts
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 from attnrl.utils.tiny_vl import tiny_vl_model, tiny_vl_processor
+from tests.conftest import prompt_dataset
 
 
 def _random_site(model, seed=0, scale=3.0):
@@ -154,24 +155,14 @@ def test_best_alphas_are_kept_not_the_last():
     assert default.logits.abs().max() > 0  # Adam moved the logits from their zero initialisation
 
 
-def test_grpo_rollout_logprobs_match_the_trainer_forward_with_site(tmp_path):
-    from datasets import Dataset
-
+def test_grpo_rollout_logprobs_match_the_trainer_forward_with_site(grpo_trainer):
     from attnrl.injection.trainer import SITEGRPOTrainer
-    from attnrl.trainers.grpo import AttnGRPOConfig
 
     model = tiny_causal_lm("llama")
     site = _random_site(model, seed=2)
-    args = AttnGRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
-        max_steps=1, bf16=False, use_cpu=True, report_to=[], save_strategy="no", seed=0, temperature=1.0,
-        credit_fai_lo=1, credit_fai_hi=4, credit_window=3, credit_stats_pass="separate",
-    )
-    prompts = [{"prompt": [{"role": "user", "content": f"add {i} and 1"}]} for i in range(4)]
-    trainer = SITEGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float(len(c[0]["content"]))
-                                                                                  for c in completions],
-                              args=args, train_dataset=Dataset.from_list(prompts), processing_class=tiny_tokenizer(),
-                              site=site)
+    prompts = prompt_dataset(4)
+    trainer = grpo_trainer(model, trainer_cls=SITEGRPOTrainer, train_dataset=prompts, trainer_kwargs={"site": site},
+                           max_completion_length=6, temperature=1.0, credit_fai_hi=4, credit_stats_pass="separate")
     policy = trainer.accelerator.unwrap_model(trainer.model)
     generate, sampled = policy.generate, []
 
@@ -206,18 +197,15 @@ def test_the_trained_target_token_is_never_a_bare_space():
 
 
 @pytest.mark.parametrize("flag", ["use_transformers_continuous_batching", "use_vllm"])
-def test_site_trainer_refuses_generation_it_cannot_inject_into_before_trl_sets_up(tmp_path, monkeypatch, flag):
+def test_site_trainer_refuses_generation_it_cannot_inject_into_before_trl_sets_up(grpo_trainer, monkeypatch, flag):
     """Continuous batching packs the prompts (the last prompt token is not at Tp - 1 while the log-prob forwards
     inject there); vLLM runs no forward hooks. Both are refused before AttnGRPOTrainer/TRL construct anything."""
     from attnrl.injection.trainer import SITEGRPOTrainer
-    from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
+    from attnrl.trainers.grpo import AttnGRPOTrainer
 
     started = []
     monkeypatch.setattr(AttnGRPOTrainer, "__init__", lambda self, *a, **kw: started.append(a))
-    args = AttnGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, bf16=False,
-                          use_cpu=True, report_to=[], **{flag: True})
     model = tiny_causal_lm("llama")
     with pytest.raises(NotImplementedError, match=f"{flag}=False"):
-        SITEGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
-                        processing_class=tiny_tokenizer(), site=_random_site(model))
+        grpo_trainer(model, trainer_cls=SITEGRPOTrainer, trainer_kwargs={"site": _random_site(model)}, **{flag: True})
     assert started == []

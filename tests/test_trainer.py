@@ -7,42 +7,15 @@ import textwrap
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 
-from attnrl import AttnGRPOConfig, AttnGRPOTrainer
+from attnrl import AttnGRPOTrainer
 from attnrl.attention.capture import CaptureError
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
 
-def _dataset(n=8):
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"add {i} and 1"}]} for i in range(n)])
-
-
-def length_reward(completions, **kwargs):
-    return [float(len(c[0]["content"]) % 5) for c in completions]
-
-
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=12,
-        max_steps=1, bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
-        credit_fai_lo=1, credit_fai_hi=6, credit_window=3, seed=0,
-    )
-    base.update(kw)
-    return AttnGRPOConfig(**base)
-
-
-def _trainer(tmp_path, model=None, **kw):
-    peft_config = kw.pop("peft_config", None)
-    return AttnGRPOTrainer(
-        model=model or tiny_causal_lm("llama"), reward_funcs=length_reward, args=_args(tmp_path, **kw),
-        train_dataset=_dataset(), processing_class=tiny_tokenizer(), peft_config=peft_config,
-    )
-
-
-def test_advantages_become_token_level_and_weights_are_logged(tmp_path):
-    trainer = _trainer(tmp_path)
+def test_advantages_become_token_level_and_weights_are_logged(grpo_trainer):
+    trainer = grpo_trainer()
     trainer.train()
     credit = trainer.last_credit
     assert credit.gamma.shape == (4, 12) and credit.gamma.max() > 1.0
@@ -65,8 +38,8 @@ def _assert_gamma_times_group_advantage(advantages, group_adv, gamma, mask):
     torch.testing.assert_close(advantages, want)
 
 
-def test_separate_pass_returns_gamma_times_group_advantage(tmp_path):
-    trainer = _trainer(tmp_path, credit_stats_pass="separate")
+def test_separate_pass_returns_gamma_times_group_advantage(grpo_trainer):
+    trainer = grpo_trainer(credit_stats_pass="separate")
     trainer.credit.generator.manual_seed(0)
     out = _rollout(trainer)
     assert out["advantages"].shape == out["completion_ids"].shape
@@ -76,8 +49,8 @@ def test_separate_pass_returns_gamma_times_group_advantage(tmp_path):
     _assert_gamma_times_group_advantage(out["advantages"], group_adv, gamma, mask)
 
 
-def test_on_policy_statistics_come_from_the_loss_forward_and_match_a_separate_pass(tmp_path):
-    trainer = _trainer(tmp_path)
+def test_on_policy_statistics_come_from_the_loss_forward_and_match_a_separate_pass(grpo_trainer):
+    trainer = grpo_trainer()
     out = _rollout(trainer)
     assert out["advantages"].shape == (4,) and "old_per_token_logps" not in out  # deferred to the loss forward
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -94,8 +67,8 @@ def test_on_policy_statistics_come_from_the_loss_forward_and_match_a_separate_pa
     _assert_gamma_times_group_advantage(out["advantages"], group_adv, fused.gamma, out["completion_mask"].bool())
 
 
-def test_multiple_iterations_use_the_separate_pass(tmp_path):
-    trainer = _trainer(tmp_path, num_iterations=2)
+def test_multiple_iterations_use_the_separate_pass(grpo_trainer):
+    trainer = grpo_trainer(num_iterations=2)
     out = _rollout(trainer)
     assert "old_per_token_logps" in out and out["advantages"].shape == out["completion_ids"].shape
 
@@ -129,15 +102,11 @@ class RecordingTrainer(AttnGRPOTrainer):
 
 
 @pytest.mark.parametrize("credit_stats_pass", ["auto", "separate"])
-def test_reused_rollout_batch_is_shaped_once_on_every_use(tmp_path, credit_stats_pass):
+def test_reused_rollout_batch_is_shaped_once_on_every_use(grpo_trainer, credit_stats_pass):
     """num_iterations=2 with accumulation 2 and steps_per_generation 1: TRL computes no old log-probs (on-policy)
     and hands the same buffered batch to the loss twice in one optimizer step; both uses must see gamma * A."""
-    trainer = RecordingTrainer(
-        model=tiny_causal_lm("llama"), reward_funcs=length_reward, train_dataset=_dataset(),
-        processing_class=tiny_tokenizer(),
-        args=_args(tmp_path, max_steps=2, num_iterations=2, gradient_accumulation_steps=2, steps_per_generation=1,
-                   credit_stats_pass=credit_stats_pass),
-    )
+    trainer = grpo_trainer(trainer_cls=RecordingTrainer, max_steps=2, num_iterations=2, gradient_accumulation_steps=2,
+                           steps_per_generation=1, credit_stats_pass=credit_stats_pass)
     trainer.train()
     assert len(trainer.uses) == 4
     assert [u["batch"] for u in trainer.uses[::2]] == [u["batch"] for u in trainer.uses[1::2]]  # each used twice
@@ -151,8 +120,8 @@ def test_reused_rollout_batch_is_shaped_once_on_every_use(tmp_path, credit_stats
         _assert_gamma_times_group_advantage(use["advantages"], use["group"], use["gamma"], use["mask"])
 
 
-def test_applying_credit_twice_is_idempotent(tmp_path):
-    trainer = _trainer(tmp_path, credit_stats_pass="separate")
+def test_applying_credit_twice_is_idempotent(grpo_trainer):
+    trainer = grpo_trainer(credit_stats_pass="separate")
     out = _rollout(trainer)
     shaped, result = out["advantages"].clone(), trainer.last_credit
     trainer._apply_credit(out, result, "train")
@@ -160,19 +129,17 @@ def test_applying_credit_twice_is_idempotent(tmp_path):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])
-def test_every_trl_loss_type_trains(tmp_path, loss_type):
+def test_every_trl_loss_type_trains(grpo_trainer, loss_type):
     kw = {"importance_sampling_level": "sequence"} if loss_type == "luspo" else {}
-    trainer = _trainer(tmp_path, loss_type=loss_type, **kw)
+    trainer = grpo_trainer(loss_type=loss_type, **kw)
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
 
 
-def test_peft_lora_grad_accumulation_and_multiple_iterations(tmp_path):
-    trainer = _trainer(
-        tmp_path, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2, num_iterations=2,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
-        credit_head_profile="cached",
-    )
+def test_peft_lora_grad_accumulation_and_multiple_iterations(grpo_trainer, tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = grpo_trainer(max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2, num_iterations=2,
+                           credit_head_profile="cached", trainer_kwargs={"peft_config": lora})
     lora_before = {n: p.clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and not torch.equal(p, lora_before[n])]
@@ -182,8 +149,8 @@ def test_peft_lora_grad_accumulation_and_multiple_iterations(tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
-def test_gradient_accumulation_on_policy_takes_statistics_from_each_micro_batch_forward(tmp_path):
-    trainer = _trainer(tmp_path, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+def test_gradient_accumulation_on_policy_takes_statistics_from_each_micro_batch_forward(grpo_trainer):
+    trainer = grpo_trainer(max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2)
     trainer.train()
     logged = [e for e in trainer.state.log_history if "credit/amplified_frac" in e]
     # the generation batch holds 4 completions; statistics from the loss forward cover one micro-batch of 2
@@ -191,8 +158,8 @@ def test_gradient_accumulation_on_policy_takes_statistics_from_each_micro_batch_
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "random", "entropy", "local_chunk", "global_anchor"])
-def test_other_strategies_train(tmp_path, strategy):
-    trainer = _trainer(tmp_path, credit_strategy=strategy)
+def test_other_strategies_train(grpo_trainer, strategy):
+    trainer = grpo_trainer(credit_strategy=strategy)
     trainer.train()
     g = trainer.last_credit.gamma
     assert (g == 1).all() if strategy == "uniform" else (g > 1).any()
@@ -208,17 +175,17 @@ def test_other_strategies_train(tmp_path, strategy):
         ("credit_fai_hi", 0, "credit_fai_lo"),
     ],
 )
-def test_bad_config_fails_at_construction(tmp_path, field, value, match):
+def test_bad_config_fails_at_construction(grpo_args, field, value, match):
     with pytest.raises(ValueError, match=match):
-        _args(tmp_path, **{field: value})
+        grpo_args(**{field: value})
 
 
-def test_layers_out_of_range_fail_at_trainer_construction(tmp_path):
+def test_layers_out_of_range_fail_at_trainer_construction(grpo_trainer):
     with pytest.raises(ValueError, match=r"credit_layers=\[1, 9\].*0\.\.3"):
-        _trainer(tmp_path, credit_layers=[1, 9])
+        grpo_trainer(credit_layers=[1, 9])
 
 
-def test_uncapturable_model_fails_at_construction(tmp_path):
+def test_uncapturable_model_fails_at_construction(grpo_trainer):
     model = tiny_causal_lm("llama")
     # a model whose layer 1 bypasses AttentionInterface (as hand-written attention code would)
     attn = model.model.layers[1].self_attn
@@ -233,7 +200,7 @@ def test_uncapturable_model_fails_at_construction(tmp_path):
 
     attn.forward = custom_forward
     with pytest.raises(CaptureError, match="credit_strategy='coupled'.*layers \\[1\\]"):
-        _trainer(tmp_path, model=model, credit_layers=[1, 2])
+        grpo_trainer(model, credit_layers=[1, 2])
 
 
 TRL_DOCS_STYLE_SCRIPT = """
@@ -280,16 +247,17 @@ def test_drop_in_for_a_trl_documentation_script(tmp_path, import_line):
     assert f"TRAINED {expected} 2" in proc.stdout
 
 
-def test_logits_processors_inherited_from_the_model_are_reported(tmp_path, caplog):
+def test_logits_processors_inherited_from_the_model_are_reported(grpo_trainer, tmp_path, caplog):
     """TRL's loss models softmax(logits / T): a rollout that inherits an n-gram ban or a typical-p cut-off from the
     model's generation_config samples from another distribution, and the trainer says so (naming the fix)."""
     model = tiny_causal_lm()
     model.generation_config.no_repeat_ngram_size = 2
     model.generation_config.typical_p = 0.9
     with caplog.at_level("WARNING", logger="attnrl.trainers.sampling"):
-        trainer = _trainer(tmp_path, model=model)
+        trainer = grpo_trainer(model)
     assert trainer.inherited_logits_processing == {"no_repeat_ngram_size": 2, "typical_p": 0.9}
     assert "no_repeat_ngram_size=2" in caplog.text and "generation_kwargs" in caplog.text
 
-    neutralised = _trainer(tmp_path / "b", model=model, generation_kwargs={"no_repeat_ngram_size": 0, "typical_p": 1.0})
+    neutralised = grpo_trainer(model, output_dir=tmp_path / "b",
+                               generation_kwargs={"no_repeat_ngram_size": 0, "typical_p": 1.0})
     assert neutralised.inherited_logits_processing == {}

@@ -1,11 +1,20 @@
-"""Token roles and advantage weights from attention statistics (METHODS.md §1)."""
+"""Token roles and advantage weights from attention statistics (docs/methods.md §1)."""
 
-from .heads import HeadProfile, default_layers, head_mean_distances, token_fai, token_waad
+from .heads import (
+    DEFAULT_HEAD_FRACTION,
+    DEFAULT_NUM_LAYERS,
+    HeadProfile,
+    default_layers,
+    head_mean_distances,
+    token_fai,
+    token_waad,
+)
 from .strategies import (
     STRATEGIES,
     STRATEGY_NEEDS,
     CreditInputs,
     CreditParams,
+    StrategyOutput,
     coupled_roles,
     get_strategy,
     register_strategy,
@@ -15,11 +24,14 @@ from .strategies import (
 )
 
 __all__ = [
+    "DEFAULT_HEAD_FRACTION",
+    "DEFAULT_NUM_LAYERS",
     "STRATEGIES",
     "STRATEGY_NEEDS",
     "CreditInputs",
     "CreditParams",
     "HeadProfile",
+    "StrategyOutput",
     "coupled_roles",
     "default_layers",
     "get_strategy",

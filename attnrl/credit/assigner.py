@@ -1,4 +1,4 @@
-"""From a batch of rollouts to per-token advantage weights: the one object both trainers call."""
+"""From a batch of rollouts to per-token advantage weights: the one object both trainers call (docs/methods.md §1)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from attnrl.attention.capture import (
     enable_capture,
     num_layers,
 )
-from attnrl.kernels import AttentionStats, StatsSpec
+from attnrl.attention.collect import collect_statistics
+from attnrl.kernels import AttentionStats
 
 from .config import CreditConfig
-from .heads import HeadProfile, default_layers, head_mean_distances, token_fai, token_waad
-from .strategies import STRATEGY_NEEDS, CreditInputs, coupled_roles, get_strategy
+from .heads import HeadProfile, head_mean_distances, token_fai, token_waad
+from .strategies import STRATEGY_NEEDS, CreditInputs, StrategyOutput, get_strategy
 
 
 @dataclass
@@ -30,7 +31,7 @@ class CreditResult:
     gamma: torch.Tensor
     waad: torch.Tensor | None = None
     fai: torch.Tensor | None = None
-    roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    roles: dict[str, torch.Tensor] = field(default_factory=dict)  # the strategy's token roles, each (B, Tc) bool
     profile: HeadProfile | None = None  # the local/global head split used for this batch
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -38,8 +39,8 @@ class CreditResult:
 class CreditAssigner:
     """Computes gamma (B, Tc) for rollouts of ``model`` according to a :class:`CreditConfig`.
 
-    Construction validates everything that can be checked without data (strategy, layers, capturability) so
-    that a bad configuration fails before training starts.
+    Construction validates everything that can be checked without data (:meth:`CreditConfig.validate_credit_layers`,
+    then capturability) so that a bad configuration fails before training starts.
 
     ``reduce_across_ranks`` (default): under an initialised torch.distributed group of more than one process, the
     local/global head split is computed from the head-distance statistics of all ranks' rollouts together (per batch,
@@ -54,7 +55,7 @@ class CreditAssigner:
         self.params = config.credit_params()
         self.strategy = get_strategy(config.credit_strategy)
         self.needs = STRATEGY_NEEDS[config.credit_strategy]
-        self.spec = StatsSpec(config.credit_window, config.credit_fai_lo, config.credit_fai_hi)
+        self.spec = config.stats_spec()
         self.generator = torch.Generator().manual_seed(config.credit_seed)
         self.profile: HeadProfile | None = None
         self.layers: list[int] = []
@@ -64,25 +65,10 @@ class CreditAssigner:
             enable_capture(model)
         except CaptureError as e:
             raise CaptureError(f"credit_strategy={config.credit_strategy!r} needs attention capture: {e}") from e
-        n = num_layers(model)
-        if config.credit_layers:
-            self.layers = sorted(config.credit_layers)
-        else:  # the default middle layers among those with softmax attention (all layers but in hybrid models)
-            attn = attention_layers(model)
-            self.layers = [attn[i] for i in default_layers(len(attn), config.credit_num_layers)]
-        bad = [layer for layer in self.layers if not 0 <= layer < n]
-        if bad:
-            raise ValueError(
-                f"credit_layers={config.credit_layers} includes {bad}, out of range for a model with {n} layers "
-                f"(valid: 0..{n - 1}); leave credit_layers unset for the default middle layers"
-            )
+        # the default middle layers are chosen among those with softmax attention (all but in hybrid models)
+        self.layers = config.validate_credit_layers(num_layers(model), attention_layers(model))
         if config.credit_head_profile_path:
-            self.profile = HeadProfile.load(config.credit_head_profile_path)
-            if self.profile.layers != self.layers:
-                raise ValueError(
-                    f"credit_head_profile_path holds layers {self.profile.layers} but credit_layers resolve to "
-                    f"{self.layers}; set credit_layers to match or profile again"
-                )
+            self.profile = HeadProfile.load(config.credit_head_profile_path)  # its layers were checked above
         self._probe(model)
 
     def _probe(self, model) -> None:
@@ -98,30 +84,14 @@ class CreditAssigner:
         except CaptureError as e:
             raise CaptureError(f"credit_strategy={self.config.credit_strategy!r}: {e}") from e
 
-    @torch.no_grad()
     def collect_statistics(
         self, model, input_ids, attention_mask, resp_start: int, batch_size: int | None = None, **forward_kwargs
     ) -> dict[int, AttentionStats]:
-        """Statistics of ``self.layers`` over full sequences (B, H, T), computed in micro-batches.
-
-        The forward stops after the last selected layer, so the rest of the network is never run. Text batches
-        are split into ``batch_size`` rows; vision-language batches (``pixel_values``) run whole.
-        """
-        B = input_ids.shape[0]
-        # image tensors are indexed by image patch, not by row: vision-language batches go in one forward
-        batch_size = B if (batch_size is None or "pixel_values" in forward_kwargs) else batch_size
-        parts: list[dict[int, AttentionStats]] = []
-        for i in range(0, B, batch_size):
-            sl = slice(i, i + batch_size)
-            resp = torch.full((input_ids[sl].shape[0],), resp_start, device=input_ids.device)
-            with capture_statistics(
-                model, self.layers, attention_mask[sl], resp, self.spec,
-                backend=self.config.credit_backend, stop_after_last_layer=True,
-            ) as cap:
-                extra = {k: (v[sl] if torch.is_tensor(v) and v.shape[:1] == (B,) else v) for k, v in forward_kwargs.items()}
-                model(input_ids=input_ids[sl], attention_mask=attention_mask[sl], use_cache=False, **extra)
-            parts.append(cap.stats)
-        return {layer: _cat_stats([p[layer] for p in parts]) for layer in self.layers}
+        """Statistics (B, H, T) of ``self.layers`` over full sequences (B, T) whose responses start at
+        ``resp_start``: :func:`attnrl.attention.collect.collect_statistics` with this assigner's spec and backend
+        (micro-batches of ``batch_size`` rows; see there how image inputs are split)."""
+        return collect_statistics(model, self.layers, input_ids, attention_mask, resp_start, self.spec,
+                                  batch_size=batch_size, backend=self.config.credit_backend, **forward_kwargs)
 
     def head_profile(self, stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> HeadProfile:
         """The local/global split: cached, or recomputed from this batch (config.credit_head_profile); the batch is
@@ -201,24 +171,19 @@ class CreditAssigner:
             inputs.fai = token_fai(stats, profile)[:, Tp:].to(response.device)
             result.waad, result.fai = inputs.waad, inputs.fai
             result.metrics.update(_attention_metrics(inputs, profile))
-            if self.config.credit_strategy == "coupled":
-                result.roles = coupled_roles(inputs, self.params)
-        result.gamma = self.strategy(inputs, self.params).to(response.device) * response + (~response)
+        out = self.strategy(inputs, self.params)
+        if not isinstance(out, StrategyOutput):
+            raise TypeError(f"credit strategy {self.config.credit_strategy!r} returned {type(out).__name__}; a "
+                            "strategy returns StrategyOutput(gamma, roles) (attnrl.credit.strategies)")
+        result.gamma = out.gamma.to(response.device) * response + (~response)
+        result.roles = out.roles
         amplified = (result.gamma > 1.0) & response
         n = response.sum().clamp(min=1)
         result.metrics["credit/amplified_frac"] = (amplified.sum() / n).item()
         result.metrics["credit/gamma_mean"] = ((result.gamma * response).sum() / n).item()
-        if result.roles:
+        if "dominated" in result.roles:
             result.metrics["credit/dominated_anchor_frac"] = (result.roles["dominated"].sum() / n).item()
         return result
-
-
-def _cat_stats(parts: list[AttentionStats]) -> AttentionStats:
-    if len(parts) == 1:
-        return parts[0]
-    span = None if parts[0].span_mass is None else torch.cat([p.span_mass for p in parts])
-    return AttentionStats(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                            ("lse", "dist_sum", "waad", "fai_sum", "fai_count")), span_mass=span)
 
 
 def _attention_metrics(x: CreditInputs, profile: HeadProfile) -> dict[str, float]:

@@ -1,18 +1,28 @@
-"""Credit-assignment settings shared by the GRPO and PPO trainers (docs/methods.md §1)."""
+"""Credit-assignment settings shared by the GRPO and PPO trainers (docs/methods.md §1).
+
+Every numeric default is read from where the code that uses it defines it, and written nowhere else:
+:class:`attnrl.credit.strategies.CreditParams` (gamma_amp, q, k, alpha), :class:`attnrl.kernels.StatsSpec` (W, H_lo,
+H_hi) and :mod:`attnrl.credit.heads` (number of layers, head fraction). All checks of the credit settings live in
+:meth:`CreditConfig.validate_credit` and :meth:`CreditConfig.validate_credit_layers`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnrl.kernels import StatsSpec
 from attnrl.kernels.dispatch import BACKENDS
 
-from .heads import HeadProfile, default_layers
-from .strategies import STRATEGIES, STRATEGY_NEEDS, CreditParams
+from .heads import DEFAULT_HEAD_FRACTION, DEFAULT_NUM_LAYERS, HeadProfile, default_layers
+from .strategies import SIGN_MODES, STRATEGIES, STRATEGY_NEEDS, CreditParams
 
 HEAD_PROFILE_MODES = ("per_batch", "cached")
-SIGN_MODES = ("both", "nonnegative")
 STATS_PASSES = ("auto", "separate")
+
+_PARAMS = CreditParams()  # the defaults of the strategy hyper-parameters
+_SPEC = StatsSpec()  # the defaults of W, H_lo, H_hi
 
 
 @dataclass
@@ -27,11 +37,14 @@ class CreditConfig:
     credit_layers: list[int] | None = field(
         default=None,
         metadata={"help": "Decoder layers whose attention is analysed. Default: `credit_num_layers` layers evenly "
-                  "spaced in [floor(L/3), floor(2L/3)]."},
+                  "spaced in [floor(L/3), floor(2L/3)] (among the attention layers of a hybrid model)."},
     )
-    credit_num_layers: int = field(default=5, metadata={"help": "Number of middle layers when credit_layers is unset."})
+    credit_num_layers: int = field(
+        default=DEFAULT_NUM_LAYERS, metadata={"help": "Number of middle layers when credit_layers is unset."}
+    )
     credit_head_fraction: float = field(
-        default=0.3, metadata={"help": "Fraction of heads (by mean attention distance) taken as local / global."}
+        default=DEFAULT_HEAD_FRACTION,
+        metadata={"help": "Fraction of heads (by mean attention distance) taken as local / global."},
     )
     credit_head_profile: str = field(
         default="per_batch",
@@ -41,14 +54,23 @@ class CreditConfig:
     credit_head_profile_path: str | None = field(
         default=None, metadata={"help": "JSON head profile to load (cached mode) — see HeadProfile.save."}
     )
-    credit_window: int = field(default=10, metadata={"help": "WAAD window W (tokens)."})
-    credit_fai_lo: int = field(default=10, metadata={"help": "FAI horizon start H_lo (tokens)."})
-    credit_fai_hi: int | None = field(default=100, metadata={"help": "FAI horizon end H_hi (tokens; None = end)."})
-    credit_gamma_amp: float = field(default=1.5, metadata={"help": "Advantage multiplier of amplified tokens."})
-    credit_top_q: float = field(default=0.4, metadata={"help": "Fraction q of response tokens selected by TopQ."})
-    credit_coupled_k: int = field(default=3, metadata={"help": "Coupled: look-back k for an anchor's introducer."})
+    credit_window: int = field(default=_SPEC.window, metadata={"help": "WAAD window W (tokens)."})
+    credit_fai_lo: int = field(default=_SPEC.fai_lo, metadata={"help": "FAI horizon start H_lo (tokens)."})
+    credit_fai_hi: int | None = field(
+        default=_SPEC.fai_hi, metadata={"help": "FAI horizon end H_hi (tokens; None = end)."}
+    )
+    credit_gamma_amp: float = field(
+        default=_PARAMS.gamma_amp, metadata={"help": "Advantage multiplier of amplified tokens."}
+    )
+    credit_top_q: float = field(
+        default=_PARAMS.top_q, metadata={"help": "Fraction q of response tokens selected by TopQ."}
+    )
+    credit_coupled_k: int = field(
+        default=_PARAMS.coupled_k, metadata={"help": "Coupled: look-back k for an anchor's introducer."}
+    )
     credit_coupled_alpha: float = field(
-        default=0.5, metadata={"help": "Coupled: share of a dominated anchor's bonus given to its introducer (ours)."}
+        default=_PARAMS.coupled_alpha,
+        metadata={"help": "Coupled: share of a dominated anchor's bonus given to its introducer (ours)."},
     )
     credit_sign_mode: str = field(
         default="both",
@@ -72,11 +94,13 @@ class CreditConfig:
                 f"credit_strategy={self.credit_strategy!r} is unknown; set it to one of {sorted(STRATEGIES)}"
             )
         if not 0.0 < self.credit_top_q <= 1.0:
-            raise ValueError(f"credit_top_q={self.credit_top_q} must lie in (0, 1]; the paper's default is 0.4")
+            raise ValueError(
+                f"credit_top_q={self.credit_top_q} must lie in (0, 1]; the paper's default is {_PARAMS.top_q}"
+            )
         if not 0.0 < self.credit_head_fraction <= 0.5:
             raise ValueError(
                 f"credit_head_fraction={self.credit_head_fraction} must lie in (0, 0.5] so local and global heads "
-                "do not overlap; the paper uses 0.3"
+                f"do not overlap; the paper uses {DEFAULT_HEAD_FRACTION}"
             )
         if self.credit_head_profile not in HEAD_PROFILE_MODES:
             raise ValueError(f"credit_head_profile={self.credit_head_profile!r}; use one of {HEAD_PROFILE_MODES}")
@@ -115,15 +139,25 @@ class CreditConfig:
         if self.credit_num_layers < 1:
             raise ValueError(f"credit_num_layers={self.credit_num_layers} must be >= 1")
 
-    def validate_credit_layers(self, num_layers: int) -> None:
-        """:meth:`validate_credit`, then: the layers (``credit_layers`` or the default middle ones) lie in
-        0..num_layers-1 and match the layers of ``credit_head_profile_path`` if set. Raises ValueError.
+    def credit_layer_indices(self, num_layers: int, attention_layers: Sequence[int] | None = None) -> list[int]:
+        """The analysed decoder layers, sorted: ``credit_layers``, or ``credit_num_layers`` middle layers
+        (docs/methods.md §1.1) among ``attention_layers`` (the layers with softmax attention; default: all
+        ``num_layers``). No checks: see :meth:`validate_credit_layers`."""
+        if self.credit_layers:
+            return sorted(self.credit_layers)
+        attn = list(range(num_layers)) if attention_layers is None else list(attention_layers)
+        return [attn[i] for i in default_layers(len(attn), self.credit_num_layers)]
+
+    def validate_credit_layers(self, num_layers: int, attention_layers: Sequence[int] | None = None) -> list[int]:
+        """:meth:`validate_credit`, then: the layers (:meth:`credit_layer_indices`) lie in 0..num_layers-1 and match
+        the layers of ``credit_head_profile_path`` if set. Returns those layers ([] for a strategy that reads no
+        attention). Raises ValueError (FileNotFoundError for a missing profile).
 
         Cheap (no forward): call it right after loading the model, before any evaluation or trainer set-up."""
         self.validate_credit()
         if "attention" not in STRATEGY_NEEDS[self.credit_strategy]:
-            return  # strategies without attention never read the layers
-        layers = sorted(self.credit_layers) if self.credit_layers else default_layers(num_layers, self.credit_num_layers)
+            return []  # strategies without attention never read the layers
+        layers = self.credit_layer_indices(num_layers, attention_layers)
         bad = [layer for layer in layers if not 0 <= layer < num_layers]
         if bad:
             raise ValueError(
@@ -140,14 +174,20 @@ class CreditConfig:
                     f"credit_head_profile_path holds layers {profile.layers} but credit_layers resolve to {layers}; "
                     "set credit_layers to match or profile again"
                 )
+        return layers
 
     def credit_params(self) -> CreditParams:
+        """The strategy hyper-parameters of these settings."""
         return CreditParams(
             gamma_amp=self.credit_gamma_amp,
             top_q=self.credit_top_q,
             coupled_k=self.credit_coupled_k,
             coupled_alpha=self.credit_coupled_alpha,
         )
+
+    def stats_spec(self) -> StatsSpec:
+        """W, H_lo and H_hi of these settings, for the statistics kernels."""
+        return StatsSpec(self.credit_window, self.credit_fai_lo, self.credit_fai_hi)
 
 
 def credit_config_from(args) -> CreditConfig:

@@ -1,4 +1,4 @@
-"""Layer choice and the local/global head split (METHODS.md §1.1)."""
+"""Layer choice and the local/global head split (docs/methods.md §1.1)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import torch
 
 from attnrl.kernels import AttentionStats
 
+# The only place these two defaults are written (CreditConfig reads them):
+DEFAULT_NUM_LAYERS = 5  # paper (docs/methods.md §1.1): 5 middle layers
+DEFAULT_HEAD_FRACTION = 0.3  # paper (docs/methods.md §1.1): 30% of (layer, head) pairs local, 30% global
 
-def default_layers(num_layers: int, count: int = 5) -> list[int]:
-    """``count`` layers evenly spaced in [floor(L/3), floor(2L/3)] (METHODS.md §1.1), deduplicated, sorted."""
+
+def default_layers(num_layers: int, count: int = DEFAULT_NUM_LAYERS) -> list[int]:
+    """``count`` layers evenly spaced in [floor(L/3), floor(2L/3)] (docs/methods.md §1.1), deduplicated, sorted."""
     lo, hi = num_layers // 3, (2 * num_layers) // 3
     if count == 1:
         return [(lo + hi) // 2]
@@ -63,7 +67,8 @@ class HeadProfile:
     distances: torch.Tensor  # (n_layers, H) mean attention distance (tokens)
 
     @classmethod
-    def from_distances(cls, layers: list[int], distances: torch.Tensor, fraction: float = 0.3) -> HeadProfile:
+    def from_distances(cls, layers: list[int], distances: torch.Tensor,
+                       fraction: float = DEFAULT_HEAD_FRACTION) -> HeadProfile:
         """Bottom ``fraction`` of heads by distance are local, top ``fraction`` global, pooled over layers."""
         flat = distances.flatten()
         n = max(1, math.floor(fraction * flat.numel() + 0.5))

@@ -1,28 +1,30 @@
-"""Token roles and advantage weights gamma_t, one small pure function per strategy (METHODS.md §1.3).
+"""Token roles and advantage weights gamma_t, one small pure function per strategy (docs/methods.md §1.3).
 
-Every strategy maps :class:`CreditInputs` (per-token statistics of a batch of responses) to gamma of shape
-(B, T): 1 for ordinary tokens, ``gamma_amp`` (or a split of the bonus) for amplified ones, and 1 on padding.
-Register new ones with :func:`register_strategy`.
+Every strategy maps :class:`CreditInputs` (per-token statistics of a batch of responses) and
+:class:`CreditParams` to a :class:`StrategyOutput`: gamma of shape (B, T) (1 for ordinary tokens, ``gamma_amp``
+or a split of the bonus for amplified ones, 1 on padding) and the token roles it was computed from. Register new
+ones with :func:`register_strategy`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass(frozen=True)
 class CreditParams:
-    """Strategy hyper-parameters. Defaults are the paper's where it gives them, otherwise ours (marked)."""
+    """Strategy hyper-parameters. These defaults are the only place they are written (``CreditConfig`` reads
+    them); the paper's where it gives them, otherwise ours (marked)."""
 
-    gamma_amp: float = 1.5  # paper
-    top_q: float = 0.4  # paper
-    coupled_k: int = 3  # paper: look-back window of the "introduction" of a dominated anchor
-    coupled_alpha: float = 0.5  # ours: share of a dominated anchor's bonus moved to its introducing token
-    # tau_waad / tau_delta: the paper gives no values; ours are the per-response medians (see coupled()).
+    gamma_amp: float = 1.5  # paper (docs/methods.md §1.3): advantage multiplier of amplified tokens
+    top_q: float = 0.4  # paper (docs/methods.md §1.3): fraction q of a response's tokens TopQ selects
+    coupled_k: int = 3  # paper (docs/methods.md §1.3): look-back k of a dominated anchor's introducer
+    coupled_alpha: float = 0.5  # ours (docs/methods.md §1.3): share of a dominated anchor's bonus moved to it
+    # tau_waad / tau_delta: the paper gives no values; ours are the per-response medians (docs/methods.md §1.3).
 
 
 @dataclass
@@ -40,7 +42,16 @@ class CreditInputs:
     generator: torch.Generator | None = None
 
 
-StrategyFn = Callable[[CreditInputs, CreditParams], torch.Tensor]
+@dataclass
+class StrategyOutput:
+    """What a strategy returns. gamma: (B, T) float, 1 on padding. roles: the token sets behind gamma, each (B, T)
+    bool over the same positions (e.g. ``anchors``, ``dominated``, ``introducers`` for ``coupled``)."""
+
+    gamma: torch.Tensor
+    roles: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+StrategyFn = Callable[[CreditInputs, CreditParams], StrategyOutput]
 STRATEGIES: dict[str, StrategyFn] = {}
 #: statistics each strategy reads, so callers can skip work ("attention" = WAAD/FAI, "entropy" = policy entropy)
 STRATEGY_NEEDS: dict[str, frozenset[str]] = {}
@@ -68,6 +79,7 @@ def register_strategy(name: str, needs: tuple[str, ...] = ()) -> Callable[[Strat
 
 
 def get_strategy(name: str) -> StrategyFn:
+    """The strategy registered under ``name`` (ValueError naming the choices otherwise)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown credit strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     return STRATEGIES[name]
@@ -101,49 +113,55 @@ def waad_jumps(waad: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(response_mask & nxt_ok, delta, torch.full_like(delta, float("nan")))
 
 
+def preplan_mask(x: CreditInputs, p: CreditParams) -> torch.Tensor:
+    """Preplan tokens T_loc = TopQ(Δ, q) of the WAAD jumps (docs/methods.md §1.3). (B, T) bool."""
+    return top_q_mask(waad_jumps(x.waad, x.response_mask), x.response_mask, p.top_q)
+
+
 def nan_median_per_row(x: torch.Tensor) -> torch.Tensor:
     """Per-row median ignoring NaN (lower median), NaN for an all-NaN row. (B,) -> (B, 1)."""
     return torch.nanmedian(x, dim=1, keepdim=True).values
 
 
-def _gamma_from_mask(mask: torch.Tensor, p: CreditParams) -> torch.Tensor:
-    return 1.0 + (p.gamma_amp - 1.0) * mask.float()
+def amplify(mask: torch.Tensor, p: CreditParams, role: str) -> StrategyOutput:
+    """gamma = 1 + (gamma_amp - 1) [t in mask], with ``mask`` (B, T) bool reported as role ``role``."""
+    return StrategyOutput(1.0 + (p.gamma_amp - 1.0) * mask.float(), {role: mask})
 
 
 # ---------------------------------------------------------------------------------------------------- strategies
 
 
 @register_strategy("uniform")
-def uniform(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """Plain GRPO: gamma = 1 everywhere."""
-    return torch.ones(x.response_mask.shape, device=x.response_mask.device)
+def uniform(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """Plain GRPO: gamma = 1 everywhere, no roles."""
+    return StrategyOutput(torch.ones(x.response_mask.shape, device=x.response_mask.device))
 
 
 @register_strategy("random")
-def random(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """Ablation: TopQ of uniform random scores."""
+def random(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """Ablation: TopQ of uniform random scores (role ``selected``)."""
     scores = torch.rand(x.response_mask.shape, generator=x.generator, device="cpu").to(x.response_mask.device)
-    return _gamma_from_mask(top_q_mask(scores, x.response_mask, p.top_q), p)
+    return amplify(top_q_mask(scores, x.response_mask, p.top_q), p, "selected")
 
 
 @register_strategy("entropy", needs=("entropy",))
-def entropy(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """Ablation ("80/20 high-entropy tokens"): TopQ of the policy's token entropy."""
+def entropy(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """Ablation ("80/20 high-entropy tokens"): TopQ of the policy's token entropy (role ``high_entropy``)."""
     if x.entropy is None:
         raise ValueError("strategy 'entropy' needs per-token entropies (CreditInputs.entropy)")
-    return _gamma_from_mask(top_q_mask(x.entropy, x.response_mask, p.top_q), p)
+    return amplify(top_q_mask(x.entropy, x.response_mask, p.top_q), p, "high_entropy")
 
 
 @register_strategy("local_chunk", needs=("attention",))
-def local_chunk(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """Preplan tokens: TopQ of the WAAD jump Δ_t = |WAAD_t - WAAD_{t+1}|."""
-    return _gamma_from_mask(top_q_mask(waad_jumps(x.waad, x.response_mask), x.response_mask, p.top_q), p)
+def local_chunk(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """Preplan tokens (role ``preplan``): TopQ of the WAAD jump Δ_t = |WAAD_t - WAAD_{t+1}|."""
+    return amplify(preplan_mask(x, p), p, "preplan")
 
 
 @register_strategy("global_anchor", needs=("attention",))
-def global_anchor(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """Anchor tokens: TopQ of Future Attention Influence."""
-    return _gamma_from_mask(top_q_mask(x.fai, x.response_mask, p.top_q), p)
+def global_anchor(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """Anchor tokens (role ``anchors``): TopQ of Future Attention Influence."""
+    return amplify(top_q_mask(x.fai, x.response_mask, p.top_q), p, "anchors")
 
 
 def coupled_roles(x: CreditInputs, p: CreditParams) -> dict[str, torch.Tensor]:
@@ -175,27 +193,31 @@ def coupled_roles(x: CreditInputs, p: CreditParams) -> dict[str, torch.Tensor]:
 
 
 @register_strategy("coupled", needs=("attention",))
-def coupled(x: CreditInputs, p: CreditParams) -> torch.Tensor:
-    """The paper's best: amplify anchors, moving part (alpha) of a dominated anchor's bonus to its introducer."""
+def coupled(x: CreditInputs, p: CreditParams) -> StrategyOutput:
+    """The paper's best: amplify anchors, moving part (alpha) of a dominated anchor's bonus to its introducer.
+    Roles: those of :func:`coupled_roles`."""
     r = coupled_roles(x, p)
     bonus = p.gamma_amp - 1.0
     a, d, i = r["anchors"].float(), r["dominated"].float(), r["introducers"].float()
-    return 1.0 + bonus * (a - d) + (1 - p.coupled_alpha) * bonus * d + p.coupled_alpha * bonus * i
+    gamma = 1.0 + bonus * (a - d) + (1 - p.coupled_alpha) * bonus * d + p.coupled_alpha * bonus * i
+    return StrategyOutput(gamma, r)
 
 
 # ---------------------------------------------------------------------------------------------------- application
+
+SIGN_MODES = ("both", "nonnegative")  # paper v2 (the default, docs/methods.md §1.3), paper v1
 
 
 def shape_advantages(
     advantages: torch.Tensor, gamma: torch.Tensor, response_mask: torch.Tensor, sign_mode: str = "both"
 ) -> torch.Tensor:
-    """Ã_t = gamma_t * A (METHODS.md §1.3). advantages: (B,) or (B, T); gamma, response_mask: (B, T).
+    """Ã_t = gamma_t * A (docs/methods.md §1.3). advantages: (B,) or (B, T); gamma, response_mask: (B, T).
 
     sign_mode "both" (paper v2) shapes every advantage; "nonnegative" (v1) leaves negative advantages as they are.
     Padding positions get gamma 1. Returns (B, T), detached from gamma.
     """
-    if sign_mode not in ("both", "nonnegative"):
-        raise ValueError(f"sign_mode must be 'both' or 'nonnegative', got {sign_mode!r}")
+    if sign_mode not in SIGN_MODES:
+        raise ValueError(f"sign_mode must be one of {SIGN_MODES}, got {sign_mode!r}")
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     g = torch.where(response_mask, gamma.detach().to(adv.dtype), torch.ones_like(gamma, dtype=adv.dtype))
     if sign_mode == "nonnegative":

@@ -2,7 +2,8 @@
 
 - :func:`token_sets`: V (image), S (system), U (user query), R (response) masks of a Qwen-VL chat batch.
 - :func:`visual_attention_score` (VAS diagnostic) and :func:`visual_anchor_ratio` (the attention term of r_visual),
-  from span masses recorded by :func:`collect_statistics` (one SDPA forward, no attention matrix).
+  from span masses recorded by :func:`attnrl.attention.collect.collect_statistics` (one forward, no
+  attention matrix).
 - :class:`AVARGRPOTrainer`: GRPO whose reward functions receive r_visual's attention term
   (see :func:`attnrl.rewards.visual.visual_anchor_reward`).
 - :func:`attention_guided_sft_loss`: L = L_LM + 0.15 L_enh + 0.15 L_sup (cold-start SFT).
@@ -21,7 +22,7 @@ _LAZY = {
     "resolve_avar_layers": "scores",
     "visual_anchor_ratio": "scores",
     "visual_attention_score": "scores",
-    "collect_statistics": "statistics",
+    "collect_statistics": "attnrl.attention.collect",
     "AttentionGuidedLoss": "sft",
     "attention_guided_sft_loss": "sft",
     "attention_guided_terms": "sft",
@@ -41,7 +42,8 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        module = _LAZY[name]
+        return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

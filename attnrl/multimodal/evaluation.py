@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from attnrl.attention.collect import collect_statistics
 from attnrl.rewards import accuracy_reward
 
 from .scores import visual_attention_score
-from .statistics import collect_statistics
 from .tokens import empty_system_error, token_sets
 
 __all__ = ["evaluate_visual", "prompt_inputs"]

@@ -34,13 +34,13 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from attnrl.attention.capture import num_layers
+from attnrl.attention.collect import collect_statistics
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.kernels import AttentionStats
 from attnrl.rewards.visual import AVAR_RATIO_COLUMN
 from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 
 from .scores import AVAR_EPS, resolve_avar_layers, visual_anchor_ratio, visual_attention_score
-from .statistics import collect_statistics
 from .tokens import SpecialTokenIds, require_system_span, token_sets
 
 __all__ = ["AVARConfig", "AVARGRPOConfig", "AVARGRPOTrainer", "SharedPassCreditAssigner"]
