@@ -23,6 +23,7 @@ from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # a local Ray cluster or Ray's own validators
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,7 @@ from attnrl.recipes import recipe_module
 from attnrl.recipes.config import parse_config
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # a local Ray cluster or Ray's own validators
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "ray_configs"
