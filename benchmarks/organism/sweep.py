@@ -1,0 +1,333 @@
+"""Powered credit sweep on the organism: the same GRPO budget for every strategy, many paired seeds.
+
+    python benchmarks/organism/sweep.py                       # every cell, 2 at a time (resumes where it stopped)
+    python benchmarks/organism/sweep.py --jobs 2 --threads 1  # the CPU setting: two cells at once, one thread each
+    python benchmarks/organism/sweep.py --summarize-only      # tables from the cells already done
+
+A *cell* is one (strategy, seed): the organism checkpoint (benchmarks/organism/checkpoint, see build.py) fully
+fine-tuned by AttnGRPOTrainer for ``--steps`` steps; greedy accuracy on the first ``--eval-size`` problems of the
+checkpoint's ``--eval-split`` (``test``: the held-out set, disjoint from SFT and GRPO problems; ``val`` for pilots)
+every ``--eval-every`` steps. Cells run in their own processes (benchmarks/learning/sweep.py's runner) and write
+``<out>/cells/organism__<strategy>__s<seed>.json`` atomically when they finish, so the sweep resumes with the missing
+cells; the order is seed-major (every strategy of seed 0, then seed 1, ...) so that a partial sweep stays paired.
+A seed fixes the prompt order, the sampling seed and the ``random`` strategy's scores; the initial weights are the
+checkpoint's for every cell. Step 0 (the checkpoint, greedy) is measured once into ``<out>/base__organism.json``.
+
+On one GPU machine the whole sweep is one command, many cells at once on the same device (each cell is a few
+million parameters, so dozens fit)::
+
+    python benchmarks/organism/sweep.py --device cuda --jobs 24 --threads 1 --out benchmarks/results/organism_gpu
+
+(``--device`` is part of the budget, so CPU and GPU cells never mix in one results folder.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from attnrl.organism.build import DEFAULT_CHECKPOINT
+
+HERE = Path(__file__).resolve().parent
+
+
+def _learning_sweep():
+    """benchmarks/learning/sweep.py (cell names, atomic cell files, the resumable per-process runner)."""
+    name = "learning_sweep"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE.parent / "learning" / "sweep.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+learning_sweep = _learning_sweep()
+
+DEFAULT_OUT = HERE.parent / "results" / "organism"
+TASK = "organism"
+# Credit settings scaled to the organism's answers (see PREREGISTRATION.md for how they were chosen).
+SCALED = {"credit_window": 4, "credit_fai_lo": 4, "credit_fai_hi": 40}
+# name -> (credit_strategy, credit_* overrides, other GRPOConfig overrides)
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "uniform": ("uniform", {}, {}),
+    "entropy": ("entropy", {}, {}),
+    "trl_top_entropy": ("uniform", {}, {"top_entropy_quantile": 0.2}),  # TRL's own high-entropy token mask
+    "global_anchor": ("global_anchor", {}, {}),
+    "global_anchor_scaled": ("global_anchor", SCALED, {}),
+    "coupled": ("coupled", {}, {}),
+    "coupled_scaled": ("coupled", SCALED, {}),
+    "random": ("random", {}, {}),
+    "local_chunk": ("local_chunk", {}, {}),
+    "local_chunk_scaled": ("local_chunk", SCALED, {}),
+}
+CORE = ("uniform", "entropy", "trl_top_entropy", "global_anchor", "global_anchor_scaled", "coupled", "coupled_scaled")
+EXTRA = ("random", "local_chunk", "local_chunk_scaled")
+
+
+@dataclass(frozen=True)
+class OrganismBudget:
+    """What every cell gets: same checkpoint, prompts, optimiser and rollouts; only strategy and seed vary."""
+
+    checkpoint: str = field(default=str(DEFAULT_CHECKPOINT), metadata={"help": "Organism checkpoint folder."})
+    steps: int = field(default=150, metadata={"help": "GRPO steps per cell."})
+    eval_every: int = field(default=25, metadata={"help": "Evaluation every this many steps (and at the end)."})
+    eval_split: str = field(default="test", metadata={"help": "'test' (held-out) or 'val' (pilots)."})
+    eval_size: int = field(default=500, metadata={"help": "Evaluated problems (the same for every cell)."})
+    train_size: int = field(default=4000, metadata={"help": "GRPO training problems (the checkpoint's 'grpo')."})
+    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per step (x num_generations rollouts)."})
+    num_generations: int = field(default=8, metadata={"help": "GRPO group size."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Full fine-tuning learning rate (constant)."})
+    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
+    max_completion_length: int = field(default=128, metadata={"help": "Rollout and evaluation budget (tokens)."})
+    eval_batch_size: int = field(default=100, metadata={"help": "Prompts per evaluation batch."})
+    device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'."})
+
+    def validate(self) -> None:
+        if self.eval_split not in ("test", "val"):
+            raise SystemExit(f"--eval-split {self.eval_split!r}: use 'test' (the sweep) or 'val' (pilots)")
+        if self.device not in ("cpu", "cuda"):
+            raise SystemExit(f"--device {self.device!r}: use 'cpu' or 'cuda'")
+        if min(self.steps, self.eval_every, self.eval_size, self.train_size, self.prompts_per_step) < 1 or \
+                self.num_generations < 2:
+            raise SystemExit("steps, eval-every, eval-size, train-size, prompts-per-step must be >= 1 and "
+                             "num-generations >= 2")
+
+
+def job_arguments(budget: OrganismBudget):
+    """The recipe's job arguments for a cell: full fine-tuning (lora_r=0), the organism's evaluation settings."""
+    from attnrl.organism.task import TASK_NAME
+    from attnrl.recipes.grpo import GRPOJobArguments
+
+    return GRPOJobArguments(model_name_or_path=budget.checkpoint, task=TASK_NAME, train_size=budget.train_size,
+                            eval_size=budget.eval_size, lora_r=0, eval_max_new_tokens=budget.max_completion_length,
+                            eval_batch_size=budget.eval_batch_size)
+
+
+def evaluator(budget: OrganismBudget, tokenizer):
+    """``evaluate(model) -> accuracy`` in [0, 1]: greedy on the budget's evaluation problems (the recipe's evaluator)."""
+    from attnrl.organism import load_problems
+    from attnrl.recipes.grpo import held_out_evaluator
+
+    problems = load_problems(budget.eval_split, budget.checkpoint, n=budget.eval_size)
+    evaluate = held_out_evaluator(job_arguments(budget), tokenizer, problems)
+    return lambda model: evaluate(model, f"{budget.eval_split} accuracy").accuracy
+
+
+def load(budget: OrganismBudget):
+    from attnrl.organism import load_organism
+
+    model, tokenizer = load_organism(budget.checkpoint)
+    return model.to(budget.device), tokenizer
+
+
+def run_base(task: str, budget: OrganismBudget, out: Path) -> None:
+    """Greedy accuracy of the checkpoint (step 0 of every cell)."""
+    model, tokenizer = load(budget)
+    t0 = time.time()
+    accuracy = evaluator(budget, tokenizer)(model)
+    learning_sweep.write_json_atomic(out / f"base__{task}.json", {
+        "task": task, "accuracy": accuracy, "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+CHAR_CLASSES = {"digit": "0123456789", "operator": "+-*/", "equals": "=", "pool": "[] ", "newline": "\n", "fail": "x"}
+
+
+def credit_positions(gamma, completion_ids, completion_mask, tokenizer) -> dict:
+    """Where the amplified tokens (gamma > 1) of one batch sit: relative-position deciles, first line, char class.
+
+    gamma, completion_ids, completion_mask: (B, Tc). Returns counts (summed over steps later) and per-row means.
+    """
+    import torch
+
+    mask = completion_mask.bool()
+    amp = (gamma > 1.0) & mask
+    lengths = mask.sum(1, keepdim=True).clamp(min=1)
+    pos = torch.arange(mask.shape[1], device=mask.device)[None].expand_as(mask)
+    rel = pos.float() / lengths.float()  # in [0, 1)
+    deciles = torch.clamp((rel * 10).long(), max=9)
+    newline = tokenizer.convert_tokens_to_ids("\n")
+    line = torch.cumsum((completion_ids == newline).long(), 1) - (completion_ids == newline).long()  # line index
+    out = {
+        "tokens": int(mask.sum()), "amplified": int(amp.sum()),
+        "amplified_by_decile": [int((amp & (deciles == d)).sum()) for d in range(10)],
+        "tokens_by_decile": [int((mask & (deciles == d)).sum()) for d in range(10)],
+        "amplified_first_line": int((amp & (line == 0)).sum()), "tokens_first_line": int((mask & (line == 0)).sum()),
+    }
+    for name, chars in CHAR_CLASSES.items():
+        ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(chars)), device=completion_ids.device)
+        is_class = torch.isin(completion_ids, ids) & mask
+        out[f"amplified_{name}"] = int((amp & is_class).sum())
+        out[f"tokens_{name}"] = int(is_class.sum())
+    return out
+
+
+def summarize_positions(records: list[dict]) -> dict:
+    """Sum the per-step counts; amplification rates per decile, on the first line and per character class."""
+    if not records:
+        return {}
+    total = {k: (sum(r[k] for r in records) if not isinstance(records[0][k], list)
+                 else [sum(r[k][i] for r in records) for i in range(len(records[0][k]))]) for k in records[0]}
+
+    def rate(a, n):
+        return round(a / n, 4) if n else None
+
+    summary = {"amplified_frac": rate(total["amplified"], total["tokens"]),
+               "rate_by_decile": [rate(a, n) for a, n in zip(total["amplified_by_decile"], total["tokens_by_decile"])],
+               "rate_first_line": rate(total["amplified_first_line"], total["tokens_first_line"]),
+               "share_first_line": rate(total["amplified_first_line"], total["amplified"])}
+    for name in CHAR_CLASSES:
+        summary[f"rate_{name}"] = rate(total[f"amplified_{name}"], total[f"tokens_{name}"])
+    return {"counts": total, **summary}
+
+
+LOG_KEYS = ("reward", "reward_std", "loss", "entropy", "completions/mean_length", "completions/min_length",
+            "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
+            "frac_reward_zero_std", "credit/amplified_frac", "credit/gamma_mean", "credit/dominated_anchor_frac",
+            "credit/seconds", "credit/waad_mean", "credit/fai_mean", "credit/local_head_distance",
+            "credit/global_head_distance", "step_time")
+
+
+def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: Path) -> dict:
+    """Train one cell and write its results file; returns the results."""
+    import torch
+    from transformers import TrainerCallback
+
+    from attnrl.organism import load_problems
+    from attnrl.recipes.grpo import lora_config, task_rewards
+    from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
+
+    if strategy not in VARIANTS:
+        raise SystemExit(f"unknown strategy {strategy!r}; choose one of {list(VARIANTS)}")
+    credit_strategy, credit_overrides, trl_overrides = VARIANTS[strategy]
+    torch.manual_seed(seed)
+    model, tokenizer = load(budget)
+    train = load_problems("grpo", budget.checkpoint, n=budget.train_size)
+    evaluate = evaluator(budget, tokenizer)
+    name = learning_sweep.cell_name(task, strategy, seed)
+    args = AttnGRPOConfig(
+        output_dir=str(out / "runs" / name), max_steps=budget.steps, learning_rate=budget.learning_rate,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
+        num_generations=budget.num_generations, max_completion_length=budget.max_completion_length,
+        temperature=budget.temperature, top_p=1.0, beta=0.0, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=budget.device == "cpu", bf16=False, seed=seed, data_seed=seed, disable_tqdm=True,
+        credit_strategy=credit_strategy, credit_seed=seed, **credit_overrides, **trl_overrides,
+    )
+    curve: list[dict] = []
+    positions: list[dict] = []
+
+    class Trainer(AttnGRPOTrainer):
+        """Keeps where each batch's amplified tokens sit (the credit result itself is unchanged)."""
+
+        def _apply_credit(self, batch, result, mode, seconds=None):
+            super()._apply_credit(batch, result, mode, seconds)
+            if mode == "train":
+                positions.append(credit_positions(result.gamma, batch["completion_ids"], batch["completion_mask"],
+                                                  tokenizer))
+
+    class HeldOutAccuracy(TrainerCallback):
+        """Greedy accuracy every ``eval_every`` steps and at the last step."""
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if step % budget.eval_every == 0 or step == state.max_steps:
+                t0 = time.time()
+                curve.append({"step": step, "accuracy": evaluate(model), "seconds": round(time.time() - t0, 1)})
+                print(f"[{name}] step {step}: {budget.eval_split} {100 * curve[-1]['accuracy']:.1f}%", flush=True)
+
+    trainer = Trainer(model=model, reward_funcs=task_rewards(job_arguments(budget).task, ["correct"]), args=args,
+                      train_dataset=train, processing_class=tokenizer, peft_config=lora_config(job_arguments(budget)),
+                      callbacks=[HeldOutAccuracy()])
+    t0 = time.time()
+    trainer.train()
+    wall = time.time() - t0
+    eval_seconds = sum(point["seconds"] for point in curve)
+    history = [{k: e[k] for k in ("step", *LOG_KEYS) if k in e} for e in trainer.state.log_history if "reward" in e]
+    result = {
+        "task": task, "strategy": strategy, "seed": seed, "budget": asdict(budget),
+        "credit_strategy": credit_strategy, "credit_overrides": credit_overrides, "trl_overrides": trl_overrides,
+        "config": {k: getattr(args, k) for k in ("credit_strategy", "credit_window", "credit_fai_lo", "credit_fai_hi",
+                                                  "credit_top_q", "credit_gamma_amp", "credit_layers",
+                                                  "credit_num_layers", "credit_head_fraction",
+                                                  "top_entropy_quantile", "learning_rate", "temperature", "beta",
+                                                  "num_generations", "max_completion_length", "seed")},
+        "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"], "auc": area_under_curve(curve, base(out)),
+        "train_reward_curve": [e.get("reward") for e in history],
+        "completion_length_curve": [e.get("completions/mean_length") for e in history],
+        "credit_positions": summarize_positions(positions),
+        "wall_seconds": round(wall, 1), "train_seconds": round(wall - eval_seconds, 1),
+        "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
+        "threads": torch.get_num_threads(), "log_history": history,
+    }
+    learning_sweep.write_json_atomic(out / "cells" / f"{name}.json", result)
+    return result
+
+
+def base(out: Path) -> float | None:
+    path = out / f"base__{TASK}.json"
+    return json.loads(path.read_text())["accuracy"] if path.exists() else None
+
+
+def area_under_curve(curve: list[dict], base_accuracy: float | None) -> float | None:
+    """Mean accuracy over steps (trapezoid rule from step 0 = ``base_accuracy``, when known, to the last point)."""
+    from attnrl.analysis.stats import area_under_curve as area
+
+    points = ([(0, base_accuracy)] if base_accuracy is not None else []) + [(p["step"], p["accuracy"]) for p in curve]
+    if not points:
+        return None
+    return area([s for s, _ in points], [a for _, a in points])
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--strategies", nargs="+", default=list(CORE), choices=list(VARIANTS),
+                        help=f"cells per seed; {list(EXTRA)} where the budget allows")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(12)))
+    parser.add_argument("--jobs", type=int, default=2, help="cells run at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--summarize-only", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--cell", nargs=3, metavar=("TASK", "STRATEGY", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--base", metavar="TASK", help=argparse.SUPPRESS)
+    for key, spec in OrganismBudget.__dataclass_fields__.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(spec.default), default=spec.default,
+                            help=spec.metadata["help"])
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = OrganismBudget(**{key: getattr(args, key) for key in OrganismBudget.__dataclass_fields__})
+    budget.validate()
+    if args.base:
+        run_base(args.base, budget, args.out)
+        return 0
+    if args.cell:
+        task, strategy, seed = args.cell
+        run_cell(task, strategy, int(seed), budget, args.out)
+        return 0
+    failures = 0
+    if not args.summarize_only:
+        from attnrl.organism import checkpoint_dir
+
+        checkpoint_dir(budget.checkpoint)  # a clear error before any process starts
+        failures = learning_sweep.sweep([TASK], args.strategies, args.seeds, budget, args.out, args.jobs,
+                                        args.threads, script=Path(__file__).resolve())
+    sys.path.insert(0, str(HERE))
+    from summarize import summarize
+
+    summarize(args.out)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
