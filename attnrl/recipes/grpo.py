@@ -24,7 +24,9 @@ from .task import (  # noqa: F401  (re-exported: the job's building blocks)
     held_out_evaluator,
     job_datasets,
     lora_config,
+    ray_aware_parser,
     results_table,
+    run_here_or_on_ray,
     task_rewards,
     write_report,
 )
@@ -57,20 +59,12 @@ class GRPORunner(TaskJobRunner):
 
 def make_parser(prog: str | None = None):
     """TrlParser over (GRPOJobArguments, AttnGRPOConfig, RayArguments)."""
-    from trl import TrlParser
-
-    from attnrl.distributed.config import RayArguments
-
-    return TrlParser((GRPOJobArguments, AttnGRPOConfig, RayArguments), prog=prog, description=__doc__.split("\n")[0])
+    return ray_aware_parser(GRPOJobArguments, AttnGRPOConfig, prog, __doc__.split("\n")[0])
 
 
 def run(job: GRPOJobArguments, args: AttnGRPOConfig, ray_args=None) -> dict:
     """The job in this process, or on Ray when ``ray_args`` asks for it; returns the results dictionary."""
-    if ray_args is not None and ray_args.use_ray:
-        from attnrl.distributed import launcher
-
-        return launcher.launch(job, args, ray_args, runner=GRPORunner)
-    return GRPORunner(job, args).run()
+    return run_here_or_on_ray(GRPORunner, job, args, ray_args)
 
 
 def run_grpo_job(job: GRPOJobArguments, args: AttnGRPOConfig) -> dict:

@@ -22,7 +22,7 @@ from transformers import TrainerControl
 
 from attnrl.trainers.ppo import AttnPPOConfig, AttnPPOTrainer
 
-from .task import TaskJobArguments, TaskJobRunner
+from .task import TaskJobArguments, TaskJobRunner, ray_aware_parser, run_here_or_on_ray
 
 RECIPE = "ppo"
 
@@ -99,20 +99,12 @@ class PPORunner(TaskJobRunner):
 
 def make_parser(prog: str | None = None):
     """TrlParser over (PPOJobArguments, AttnPPOConfig, RayArguments)."""
-    from trl import TrlParser
-
-    from attnrl.distributed.config import RayArguments
-
-    return TrlParser((PPOJobArguments, AttnPPOConfig, RayArguments), prog=prog, description=__doc__.split("\n")[0])
+    return ray_aware_parser(PPOJobArguments, AttnPPOConfig, prog, __doc__.split("\n")[0])
 
 
 def run(job: PPOJobArguments, args: AttnPPOConfig, ray_args=None) -> dict:
     """The job in this process, or on Ray when ``ray_args`` asks for it; returns the results dictionary."""
-    if ray_args is not None and ray_args.use_ray:
-        from attnrl.distributed import launcher
-
-        return launcher.launch(job, args, ray_args, runner=PPORunner)
-    return PPORunner(job, args).run()
+    return run_here_or_on_ray(PPORunner, job, args, ray_args)
 
 
 def run_ppo_job(job: PPOJobArguments, args: AttnPPOConfig) -> dict:

@@ -223,3 +223,21 @@ def write_report(report_dir: Path, results: dict, trainer, tokenizer, after: Eva
         f"{results['train_seconds']} s ({results['seconds_per_step']} s/step).\n\n{figures}"
     )
     print("\n" + table + "\n")
+
+
+def ray_aware_parser(job_cls, config_cls, prog: str | None, description: str):
+    """TrlParser over (job arguments, trainer config, RayArguments): the parser of a recipe that can run on Ray."""
+    from trl import TrlParser
+
+    from attnrl.distributed.config import RayArguments
+
+    return TrlParser((job_cls, config_cls, RayArguments), prog=prog, description=description)
+
+
+def run_here_or_on_ray(runner_cls: type[JobRunner], job, args, ray_args=None) -> dict:
+    """Run ``runner_cls(job, args)`` in this process, or on Ray Train when ``ray_args`` asks for it; returns results."""
+    if ray_args is not None and ray_args.use_ray:
+        from attnrl.distributed import launcher
+
+        return launcher.launch(job, args, ray_args, runner=runner_cls)
+    return runner_cls(job, args).run()
