@@ -341,6 +341,18 @@ class AnalyzeArguments:
         "help": "JSONL with prompt/completion fields (e.g. RUN_DIR/report/eval_after.jsonl)."})
     index: int = field(default=0, metadata={"help": "Line of --rollouts to analyse."})
     max_new_tokens: int = field(default=64, metadata={"help": "Generation budget with --prompt (tokens)."})
+    causal: bool = field(default=False, metadata={
+        "help": "Instead of one response: the causal premise test (attnrl.analysis.causal) on held-out problems of "
+                "--causal_task; writes causal.json/.md/.png to --out."})
+    causal_task: str = field(default="arithmetic", metadata={
+        "help": "With --causal: 'arithmetic', 'countdown' or 'organism_countdown' (needs --model pointing at the "
+                "organism checkpoint)."})
+    causal_problems: int = field(default=120, metadata={"help": "With --causal: held-out problems."})
+    causal_k: int = field(default=4, metadata={"help": "With --causal: interventions per selector per response."})
+    causal_regenerate: bool = field(default=False, metadata={
+        "help": "With --causal: also regenerate after each intervention (outcome flips; about 15x slower)."})
+    causal_max_new_tokens: int = field(default=224, metadata={"help": "With --causal: response budget (tokens)."})
+    seed: int = field(default=0, metadata={"help": "With --causal: seed of the sampling and position draws."})
 
 
 @dataclass
@@ -360,7 +372,27 @@ def run_eval(a: EvalArguments) -> None:
              task_seed=a.task_seed, seed=a.seed, out=a.out)
 
 
+def run_causal(a: AnalyzeArguments) -> None:
+    """``attnrl analyze --causal``: the premise test of docs/methods.md §1 on the model (and adapter)."""
+    from attnrl.analysis.causal import CausalConfig, format_table, run_causal_analysis
+
+    config = CausalConfig(interventions_per_selector=a.causal_k, max_new_tokens=a.causal_max_new_tokens,
+                          regenerate=a.causal_regenerate, seed=a.seed)
+    config.validate()  # before the model loads
+    if a.adapter is not None:
+        check_adapter(a.adapter, a.model)
+    policy, tokenizer = load_policy(a.model, a.adapter)
+    checkpoint = a.model if a.causal_task == "organism_countdown" else None
+    result, paths = run_causal_analysis(policy, tokenizer, a.out, task=a.causal_task, problems=a.causal_problems,
+                                        config=config, checkpoint=checkpoint, meta={"model": a.model,
+                                                                                    "adapter": a.adapter})
+    print(format_table(result.summary))
+    print(f"wrote {paths.get('json', Path(a.out))}")
+
+
 def run_analyze(a: AnalyzeArguments) -> None:
+    if a.causal:
+        return run_causal(a)
     analyze(a.out, a.model, a.adapter, prompt=a.prompt, rollouts=a.rollouts, index=a.index,
             max_new_tokens=a.max_new_tokens)
     print(f"wrote {Path(a.out) / 'rhythm.html'}")

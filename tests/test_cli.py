@@ -560,3 +560,19 @@ def test_train_help_is_the_recipe_parser_help(capsys):
     assert exit_.value.code == 0
     help_text = capsys.readouterr().out
     assert help_text.startswith("usage: attnrl train") and "--critic_mode" in help_text and "--num_workers" in help_text
+
+
+def test_analyze_causal_runs_the_premise_test_on_the_organism(tmp_path, capsys):
+    """``attnrl analyze --causal``: the premise test on the committed organism checkpoint writes its table,
+    JSON and plot, with the same number of interventions for every selector."""
+    import json
+
+    checkpoint = Path(__file__).resolve().parents[1] / "benchmarks" / "organism" / "checkpoint"
+    out = tmp_path / "causal"
+    cli.main(["analyze", "--causal", "--causal_task", "organism_countdown", "--model", str(checkpoint),
+              "--causal_problems", "6", "--causal_k", "1", "--causal_max_new_tokens", "160", "--out", str(out)])
+    assert "| logp_abs | anchor |" in capsys.readouterr().out
+    data = json.loads((out / "causal.json").read_text())
+    assert (out / "causal.png").stat().st_size > 0 and (out / "causal.md").exists()
+    counts = {s: e["interventions"] for s, e in data["summary"]["measures"]["logp_abs"].items()}
+    assert len(set(counts.values())) == 1 and next(iter(counts.values())) > 0, counts
