@@ -305,7 +305,7 @@ def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     cell = json.loads((out / "cells" / "organism__coupled_scaled__s0.json").read_text())
     assert [p["step"] for p in cell["accuracy_curve"]] == [1, 2] and len(cell["train_reward_curve"]) == 2
-    assert cell["config"]["credit_window"] == 4 and cell["config"]["credit_fai_hi"] == 40
+    assert cell["config"]["credit_window"] == 5 and cell["config"]["credit_fai_hi"] == 46
     assert 0 < cell["credit_positions"]["amplified_frac"] < 1 and cell["wall_seconds"] > 0
     peer = json.loads((out / "cells" / "organism__trl_top_entropy__s0.json").read_text())
     assert peer["config"]["top_entropy_quantile"] == 0.2 and peer["credit_positions"]["amplified_frac"] == 0

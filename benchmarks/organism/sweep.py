@@ -52,7 +52,7 @@ learning_sweep = _learning_sweep()
 DEFAULT_OUT = HERE.parent / "results" / "organism"
 TASK = "organism"
 # Credit settings scaled to the organism's answers (see PREREGISTRATION.md for how they were chosen).
-SCALED = {"credit_window": 4, "credit_fai_lo": 4, "credit_fai_hi": 40}
+SCALED = {"credit_window": 5, "credit_fai_lo": 5, "credit_fai_hi": 46}
 # name -> (credit_strategy, credit_* overrides, other GRPOConfig overrides)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "uniform": ("uniform", {}, {}),
@@ -85,12 +85,16 @@ class OrganismBudget:
     learning_rate: float = field(default=5e-4, metadata={"help": "Full fine-tuning learning rate (constant)."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
     max_completion_length: int = field(default=128, metadata={"help": "Rollout and evaluation budget (tokens)."})
+    mask_truncated: int = field(default=0, metadata={"help": "1: leave truncated rollouts out of the loss "
+                                                     "(TRL's mask_truncated_completions); 0: keep them."})
     eval_batch_size: int = field(default=100, metadata={"help": "Prompts per evaluation batch."})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'."})
 
     def validate(self) -> None:
         if self.eval_split not in ("test", "val"):
             raise SystemExit(f"--eval-split {self.eval_split!r}: use 'test' (the sweep) or 'val' (pilots)")
+        if self.mask_truncated not in (0, 1):
+            raise SystemExit(f"--mask-truncated {self.mask_truncated}: use 0 or 1")
         if self.device not in ("cpu", "cuda"):
             raise SystemExit(f"--device {self.device!r}: use 'cpu' or 'cuda'")
         if min(self.steps, self.eval_every, self.eval_size, self.train_size, self.prompts_per_step) < 1 or \
@@ -216,7 +220,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
         num_generations=budget.num_generations, max_completion_length=budget.max_completion_length,
-        temperature=budget.temperature, top_p=1.0, beta=0.0, logging_steps=1, save_strategy="no", report_to="none",
+        temperature=budget.temperature, top_p=1.0, beta=0.0, mask_truncated_completions=bool(budget.mask_truncated), logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=budget.device == "cpu", bf16=False, seed=seed, data_seed=seed, disable_tqdm=True,
         credit_strategy=credit_strategy, credit_seed=seed, **credit_overrides, **trl_overrides,
     )
@@ -257,6 +261,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
                                                   "credit_top_q", "credit_gamma_amp", "credit_layers",
                                                   "credit_num_layers", "credit_head_fraction",
                                                   "top_entropy_quantile", "learning_rate", "temperature", "beta",
+                                                  "mask_truncated_completions", "loss_type", "scale_rewards",
                                                   "num_generations", "max_completion_length", "seed")},
         "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"], "auc": area_under_curve(curve, base(out)),
         "train_reward_curve": [e.get("reward") for e in history],
@@ -266,6 +271,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
         "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
         "threads": torch.get_num_threads(), "log_history": history,
     }
+    (out / "cells").mkdir(parents=True, exist_ok=True)
     learning_sweep.write_json_atomic(out / "cells" / f"{name}.json", result)
     return result
 
