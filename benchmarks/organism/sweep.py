@@ -85,6 +85,8 @@ class OrganismBudget:
     learning_rate: float = field(default=5e-4, metadata={"help": "Full fine-tuning learning rate (constant)."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
     max_completion_length: int = field(default=128, metadata={"help": "Rollout and evaluation budget (tokens)."})
+    loss_type: str = field(default="dapo", metadata={"help": "TRL loss_type ('dapo': token-level normalisation, "
+                                                     "'grpo': per-sequence means, 'dr_grpo', ...)."})
     mask_truncated: int = field(default=0, metadata={"help": "1: leave truncated rollouts out of the loss "
                                                      "(TRL's mask_truncated_completions); 0: keep them."})
     eval_batch_size: int = field(default=100, metadata={"help": "Prompts per evaluation batch."})
@@ -220,7 +222,8 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
         num_generations=budget.num_generations, max_completion_length=budget.max_completion_length,
-        temperature=budget.temperature, top_p=1.0, beta=0.0, mask_truncated_completions=bool(budget.mask_truncated), logging_steps=1, save_strategy="no", report_to="none",
+        temperature=budget.temperature, top_p=1.0, beta=0.0, mask_truncated_completions=bool(budget.mask_truncated),
+        loss_type=budget.loss_type, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=budget.device == "cpu", bf16=False, seed=seed, data_seed=seed, disable_tqdm=True,
         credit_strategy=credit_strategy, credit_seed=seed, **credit_overrides, **trl_overrides,
     )
