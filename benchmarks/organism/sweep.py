@@ -14,9 +14,9 @@ A seed fixes the prompt order, the sampling seed and the ``random`` strategy's s
 checkpoint's for every cell. Step 0 (the checkpoint, greedy) is measured once into ``<out>/base__organism.json``.
 
 On one GPU machine the whole sweep is one command, many cells at once on the same device (each cell is a few
-million parameters, so dozens fit)::
+million parameters, so dozens fit; the machine's CPU cores, which drive generation, are the limit)::
 
-    python benchmarks/organism/sweep.py --device cuda --jobs 24 --threads 1 --out benchmarks/results/organism_gpu
+    python benchmarks/organism/sweep.py --device cuda --jobs 16 --threads 1 --out benchmarks/results/organism_gpu
 
 (``--device`` is part of the budget, so CPU and GPU cells never mix in one results folder.)
 """
@@ -75,16 +75,16 @@ class OrganismBudget:
     """What every cell gets: same checkpoint, prompts, optimiser and rollouts; only strategy and seed vary."""
 
     checkpoint: str = field(default=str(DEFAULT_CHECKPOINT), metadata={"help": "Organism checkpoint folder."})
-    steps: int = field(default=150, metadata={"help": "GRPO steps per cell."})
+    steps: int = field(default=100, metadata={"help": "GRPO steps per cell."})
     eval_every: int = field(default=25, metadata={"help": "Evaluation every this many steps (and at the end)."})
     eval_split: str = field(default="test", metadata={"help": "'test' (held-out) or 'val' (pilots)."})
     eval_size: int = field(default=500, metadata={"help": "Evaluated problems (the same for every cell)."})
     train_size: int = field(default=4000, metadata={"help": "GRPO training problems (the checkpoint's 'grpo')."})
-    prompts_per_step: int = field(default=8, metadata={"help": "Prompts per step (x num_generations rollouts)."})
+    prompts_per_step: int = field(default=16, metadata={"help": "Prompts per step (x num_generations rollouts)."})
     num_generations: int = field(default=8, metadata={"help": "GRPO group size."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Full fine-tuning learning rate (constant)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Full fine-tuning learning rate (constant)."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
-    max_completion_length: int = field(default=128, metadata={"help": "Rollout and evaluation budget (tokens)."})
+    max_completion_length: int = field(default=160, metadata={"help": "Rollout and evaluation budget (tokens)."})
     loss_type: str = field(default="dapo", metadata={"help": "TRL loss_type ('dapo': token-level normalisation, "
                                                      "'grpo': per-sequence means, 'dr_grpo', ...)."})
     mask_truncated: int = field(default=0, metadata={"help": "1: leave truncated rollouts out of the loss "
