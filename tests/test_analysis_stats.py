@@ -9,6 +9,7 @@ from attnrl.analysis.stats import (
     area_under_curve,
     bootstrap_ci,
     bootstrap_ratio_ci,
+    holm_adjust,
     minimum_detectable_difference,
     paired_bootstrap_ci,
     sign_test,
@@ -106,3 +107,18 @@ def test_area_under_curve():
         area_under_curve([0, 2, 1], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="equal lengths"):
         area_under_curve([0, 1], [1.0])
+
+
+def test_holm_adjust_known_values():
+    # Worked by hand: sorted 0.005, 0.01, 0.03, 0.04 -> x4 0.02, x3 0.03, x2 0.06, x1 0.04 -> running max.
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5]) == [0.5]
+    assert holm_adjust([0.3, 0.4, 0.9]) == pytest.approx([0.9, 0.9, 0.9])  # capped at 1 before the running max
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=7)
+    adjusted = np.array(holm_adjust(p))
+    assert (adjusted >= p).all() and (adjusted <= 1).all()
+    order = np.argsort(p)
+    assert (np.diff(adjusted[order]) >= 0).all()  # monotone in the raw p
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.2, 1.5])

@@ -262,6 +262,8 @@ def test_sweep_variants_budget_and_curve_area():
     budget = sweep.OrganismBudget(steps=3, learning_rate=1e-3, checkpoint="/c", eval_split="val")
     args = sweep.parse_args(sweep.learning_sweep.budget_args(budget))
     assert sweep.OrganismBudget(**{k: getattr(args, k) for k in sweep.OrganismBudget.__dataclass_fields__}) == budget
+    assert sweep.OrganismBudget().checkpoint_path() == ORGANISM / "checkpoint"  # relative to the repository root
+    assert budget.checkpoint_path() == Path("/c")
     with pytest.raises(SystemExit, match="eval-split"):
         sweep.OrganismBudget(eval_split="train").validate()
     curve = [{"step": 50, "accuracy": 0.4}, {"step": 100, "accuracy": 0.6}]
@@ -310,3 +312,47 @@ def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
     peer = json.loads((out / "cells" / "organism__trl_top_entropy__s0.json").read_text())
     assert peer["config"]["top_entropy_quantile"] == 0.2 and peer["credit_positions"]["amplified_frac"] == 0
     assert (out / "base__organism.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ sweep summary
+def _load_summarize():
+    spec = importlib.util.spec_from_file_location("organism_summarize", ORGANISM / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary_cell(strategy: str, seed: int, final: float) -> dict:
+    return {"task": "organism", "strategy": strategy, "seed": seed, "final_accuracy": final, "auc": final - 0.01,
+            "accuracy_curve": [{"step": 5, "accuracy": final - 0.02}, {"step": 10, "accuracy": final}],
+            "train_reward_curve": [0.1, 0.2, 0.3], "completion_length_curve": [100.0, 90.0], "seconds_per_step": 1.0,
+            "credit_positions": {"amplified_frac": 0.4, "rate_first_line": 0.5, "rate_by_decile": [0.4] * 10}}
+
+
+def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):
+    summarize = _load_summarize()
+    sweep = _load_sweep()
+    assert summarize.CORE == sweep.CORE and summarize.EXTRA == sweep.EXTRA
+    (tmp_path / "cells").mkdir()
+    finals = {s: 0.30 + 0.01 * i for i, s in enumerate(summarize.CORE)}
+    for seed in range(4):
+        for strategy in summarize.CORE + ("random",):
+            if strategy == "coupled" and seed == 3:
+                continue  # seed 3 is incomplete: the core analysis must leave it out
+            final = finals.get(strategy, 0.30) + 0.001 * seed
+            (tmp_path / "cells" / f"organism__{strategy}__s{seed}.json").write_text(
+                json.dumps(_summary_cell(strategy, seed, final)))
+    (tmp_path / "base__organism.json").write_text(json.dumps({"accuracy": 0.25}))
+    table = {r["strategy"]: r for r in summarize.summarize(tmp_path)}
+    assert table["uniform"]["seeds"] == [0, 1, 2] and table["coupled"]["seeds"] == [0, 1, 2]
+    assert table["random"]["seeds"] == [0, 1, 2, 3]  # second pass: every seed shared with uniform
+    coupled = table["coupled"]["final_accuracy_vs_uniform"]
+    assert coupled["mean"] == pytest.approx(0.05) and coupled["wins"] == 3 and coupled["sign_test_p"] == 0.25
+    assert coupled["holm_p"] == 1.0  # six comparisons, each p = 0.25
+    assert "holm_p" not in table["random"]["final_accuracy_vs_uniform"]  # not in the pre-registered family
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete_core_seeds"] == [0, 1, 2]
+    versus = {v["scaled"]: v for v in summary["scaled_vs_default"]}
+    assert versus["coupled_scaled"]["final_accuracy"]["mean"] == pytest.approx(0.01)
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+    assert "| coupled | 3 | 35.1" in (tmp_path / "summary.md").read_text()

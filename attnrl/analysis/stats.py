@@ -165,3 +165,21 @@ def area_under_curve(steps: Sequence[float], values: Sequence[float]) -> float:
         raise ValueError(f"steps must be strictly increasing, got {s.tolist()}")
     area = float(((v[1:] + v[:-1]) / 2.0 * np.diff(s)).sum())
     return area / float(s[-1] - s[0])
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control over ``m`` tests), in the input order.
+
+    With p sorted ascending p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)). Rejecting
+    every hypothesis whose adjusted p is below alpha controls the family-wise error rate at alpha. Example:
+    [0.01, 0.04, 0.03, 0.005] -> [0.03, 0.06, 0.06, 0.02].
+    """
+    p = _as_1d(p_values, "p_values")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()

@@ -31,9 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from attnrl.organism.build import DEFAULT_CHECKPOINT
-
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 def _learning_sweep():
@@ -74,7 +73,9 @@ EXTRA = ("random", "local_chunk", "local_chunk_scaled")
 class OrganismBudget:
     """What every cell gets: same checkpoint, prompts, optimiser and rollouts; only strategy and seed vary."""
 
-    checkpoint: str = field(default=str(DEFAULT_CHECKPOINT), metadata={"help": "Organism checkpoint folder."})
+    checkpoint: str = field(default="benchmarks/organism/checkpoint", metadata={
+        "help": "Organism checkpoint folder; a relative one is taken from the repository root (so a results folder "
+                "resumes from any clone)."})
     steps: int = field(default=100, metadata={"help": "GRPO steps per cell."})
     eval_every: int = field(default=25, metadata={"help": "Evaluation every this many steps (and at the end)."})
     eval_split: str = field(default="test", metadata={"help": "'test' (held-out) or 'val' (pilots)."})
@@ -91,6 +92,11 @@ class OrganismBudget:
                                                      "(TRL's mask_truncated_completions); 0: keep them."})
     eval_batch_size: int = field(default=100, metadata={"help": "Prompts per evaluation batch."})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'."})
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint folder (a relative ``checkpoint`` is taken from the repository root)."""
+        path = Path(self.checkpoint)
+        return path if path.is_absolute() else REPO / path
 
     def validate(self) -> None:
         if self.eval_split not in ("test", "val"):
@@ -110,7 +116,7 @@ def job_arguments(budget: OrganismBudget):
     from attnrl.organism.task import TASK_NAME
     from attnrl.recipes.grpo import GRPOJobArguments
 
-    return GRPOJobArguments(model_name_or_path=budget.checkpoint, task=TASK_NAME, train_size=budget.train_size,
+    return GRPOJobArguments(model_name_or_path=str(budget.checkpoint_path()), task=TASK_NAME, train_size=budget.train_size,
                             eval_size=budget.eval_size, lora_r=0, eval_max_new_tokens=budget.max_completion_length,
                             eval_batch_size=budget.eval_batch_size)
 
@@ -120,7 +126,7 @@ def evaluator(budget: OrganismBudget, tokenizer):
     from attnrl.organism import load_problems
     from attnrl.recipes.grpo import held_out_evaluator
 
-    problems = load_problems(budget.eval_split, budget.checkpoint, n=budget.eval_size)
+    problems = load_problems(budget.eval_split, budget.checkpoint_path(), n=budget.eval_size)
     evaluate = held_out_evaluator(job_arguments(budget), tokenizer, problems)
     return lambda model: evaluate(model, f"{budget.eval_split} accuracy").accuracy
 
@@ -128,7 +134,7 @@ def evaluator(budget: OrganismBudget, tokenizer):
 def load(budget: OrganismBudget):
     from attnrl.organism import load_organism
 
-    model, tokenizer = load_organism(budget.checkpoint)
+    model, tokenizer = load_organism(budget.checkpoint_path())
     return model.to(budget.device), tokenizer
 
 
@@ -214,7 +220,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
     credit_strategy, credit_overrides, trl_overrides = VARIANTS[strategy]
     torch.manual_seed(seed)
     model, tokenizer = load(budget)
-    train = load_problems("grpo", budget.checkpoint, n=budget.train_size)
+    train = load_problems("grpo", budget.checkpoint_path(), n=budget.train_size)
     evaluate = evaluator(budget, tokenizer)
     name = learning_sweep.cell_name(task, strategy, seed)
     args = AttnGRPOConfig(
@@ -328,7 +334,7 @@ def main(argv=None) -> int:
     if not args.summarize_only:
         from attnrl.organism import checkpoint_dir
 
-        checkpoint_dir(budget.checkpoint)  # a clear error before any process starts
+        checkpoint_dir(budget.checkpoint_path())  # a clear error before any process starts
         failures = learning_sweep.sweep([TASK], args.strategies, args.seeds, budget, args.out, args.jobs,
                                         args.threads, script=Path(__file__).resolve())
     sys.path.insert(0, str(HERE))
