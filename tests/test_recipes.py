@@ -22,10 +22,10 @@ from attnrl import cli
 from attnrl.recipes import RECIPES, recipe_module
 from attnrl.recipes import config as recipe_config
 from attnrl.recipes.grpo import GRPOJobArguments, GRPORunner, run_grpo_job
-from attnrl.recipes.ppo import CallbackPPOTrainer, PPOJobArguments, PPORunner, run_ppo_job
+from attnrl.recipes.ppo import PPOJobArguments, PPORunner, run_ppo_job
 from attnrl.recipes.runner import JobRunner
 from attnrl.trainers.grpo import AttnGRPOConfig
-from attnrl.trainers.ppo import AttnPPOConfig
+from attnrl.trainers.ppo import AttnPPOConfig, AttnPPOTrainer
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,13 +275,31 @@ def test_the_ppo_trainer_calls_trainer_callbacks_like_the_hf_trainer(tmp_path):
                          save_strategy="steps", save_steps=1, credit_fai_lo=1, credit_fai_hi=4, credit_window=2,
                          disable_tqdm=True)
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"say {i}"}]} for i in range(4)])
-    trainer = CallbackPPOTrainer(model=tiny_causal_lm("llama"), reward_funcs=lambda completions, **kw: [1.0] * len(
+    trainer = AttnPPOTrainer(model=tiny_causal_lm("llama"), reward_funcs=lambda completions, **kw: [1.0] * len(
         completions), args=args, train_dataset=rows, processing_class=tiny_tokenizer(), callbacks=[log])
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))  # not a checkpoint: no on_save
     assert log.events == [("on_train_begin", 0), ("on_step_begin", 0), ("on_step_end", 1), ("on_save", 1),
-                          ("on_step_begin", 1), ("on_step_end", 2), ("on_save", 2), ("on_train_end", 2)]
+                          ("on_step_begin", 1), ("on_step_end", 2), ("on_log", 2), ("on_save", 2), ("on_train_end", 2)]
 
+
+
+def test_a_callback_can_stop_ppo_training_early(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    class StopAfterOne(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    args = AttnPPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, num_generations=2,
+                         max_completion_length=4, num_ppo_epochs=1, num_mini_batches=1, use_cpu=True, report_to=[],
+                         save_strategy="no", credit_fai_lo=1, credit_fai_hi=4, credit_window=2, disable_tqdm=True)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"say {i}"}]} for i in range(4)])
+    trainer = AttnPPOTrainer(model=tiny_causal_lm("llama"), reward_funcs=lambda completions, **kw: [1.0] * len(
+        completions), args=args, train_dataset=rows, processing_class=tiny_tokenizer())
+    trainer.add_callback(StopAfterOne)  # a class, as transformers.Trainer.add_callback takes
+    assert trainer.train().global_step == 1
 
 def _learning_sweep():
     spec = importlib.util.spec_from_file_location("learning_sweep_for_recipes", REPO / "benchmarks" / "learning" /

@@ -39,7 +39,7 @@ _RNG_STATE = re.compile(r"rng_state_(\d+)\.pth?$")  # one per rank: HF's rng_sta
 
 
 class RayTrainCheckpointer(TrainerCallback):
-    """Reports each checkpoint the trainer saves (HF Trainer, or AttnPPOTrainer through CallbackPPOTrainer) to Ray
+    """Reports each checkpoint the trainer saves (HF Trainer, or AttnPPOTrainer, which calls the same callbacks) to Ray
     Train, which persists it under ``storage_path``.
 
     Rank 0 uploads the checkpoint folder without the other ranks' RNG states, every other rank its own

@@ -6,7 +6,8 @@
 
 Every field of PPOJobArguments (the GRPO job's), AttnPPOConfig (transformers.TrainingArguments + PPO fields +
 credit_*) and RayArguments is a YAML key and a flag. The phases are the GRPO job's
-(:class:`attnrl.recipes.task.TaskJobRunner`) with :class:`CallbackPPOTrainer`: the policy gets a LoRA adapter and
+(:class:`attnrl.recipes.task.TaskJobRunner`) with :class:`AttnPPOTrainer` (whose ``callbacks`` are
+called as the HF Trainer calls them): the policy gets a LoRA adapter and
 the separate critic another; the saved adapter folder holds the policy adapter (peft format) and ``critic/``.
 On Ray each worker runs the same phases; checkpoints (policy, critic, optimizer, RNG of every rank) go through Ray
 Train and a restarted worker group resumes from the last one.
@@ -17,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from transformers import TrainerControl
 
 from attnrl.trainers.ppo import AttnPPOConfig, AttnPPOTrainer
 
@@ -33,51 +32,13 @@ class PPOJobArguments(TaskJobArguments):
     :class:`AttnPPOConfig`. ``lora_r`` also sets the critic's LoRA in ``critic_mode="separate"``."""
 
 
-class CallbackPPOTrainer(AttnPPOTrainer):
-    """AttnPPOTrainer that calls transformers ``TrainerCallback`` hooks as the HF Trainer does, so the recipe's,
-    the benchmarks' and Ray's callbacks work with PPO: ``on_train_begin``/``on_train_end``, ``on_step_begin``
-    (before a rollout; ``state.global_step`` = steps done), ``on_step_end`` (after the step's update and logging)
-    and ``on_save`` (after each ``checkpoint-<step>`` folder of ``output_dir`` is written, on every process)."""
-
-    def __init__(self, *args, callbacks: Sequence = (), **kwargs):
-        self.callbacks = list(callbacks)
-        self.control = TrainerControl()
-        super().__init__(*args, **kwargs)
-
-    def _event(self, name: str) -> None:
-        for callback in self.callbacks:
-            getattr(callback, name)(self.args, self.state, self.control, model=self.model,
-                                    processing_class=self.processing_class)
-
-    def train(self, resume_from_checkpoint=None):
-        self._event("on_train_begin")
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint)
-        self._event("on_train_end")
-        return output
-
-    def _next_prompts(self):  # the first thing of every step
-        self._event("on_step_begin")
-        return super()._next_prompts()
-
-    def _finish_step(self):  # after global_step += 1
-        metrics = super()._finish_step()
-        self._event("on_step_end")
-        return metrics
-
-    def save_model(self, output_dir: str | None = None) -> None:
-        super().save_model(output_dir)
-        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        if output_dir is not None and Path(output_dir) == checkpoint:
-            self._event("on_save")
-
-
 class PPORunner(TaskJobRunner):
-    """The PPO job's phases with :class:`CallbackPPOTrainer`; ``finish`` saves on every process (a collective
+    """The PPO job's phases with :class:`AttnPPOTrainer`; ``finish`` saves on every process (a collective
     save: the trainer synchronises its processes and writes each one's RNG state)."""
 
     name = RECIPE
     label = "AttnPPO"
-    trainer_cls = CallbackPPOTrainer
+    trainer_cls = AttnPPOTrainer
 
     @classmethod
     def check(cls, job, args: AttnPPOConfig) -> None:

@@ -40,7 +40,17 @@ from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, TrainerState, TrainingArguments, get_scheduler, set_seed
+from transformers import (
+    DefaultFlowCallback,
+    GenerationConfig,
+    PreTrainedModel,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    get_scheduler,
+    set_seed,
+)
+from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl.trainer.utils import get_callable_name
 
@@ -186,11 +196,15 @@ class AttnPPOTrainer:
     Args mirror ``trl.GRPOTrainer``: ``model`` (a causal LM or a path / :data:`attnrl.models.DEFAULT_MODEL`),
     ``reward_funcs`` (callables ``(prompts, completions, **columns) -> list[float | None]``), ``args``
     (:class:`AttnPPOConfig`), ``train_dataset`` (a ``prompt`` column, conversational or text; other columns go to
-    the rewards), ``processing_class`` (tokenizer), ``peft_config`` (LoRA for the policy and a separate critic).
+    the rewards), ``processing_class`` (tokenizer), ``peft_config`` (LoRA for the policy and a separate critic),
+    ``callbacks`` (``transformers.TrainerCallback`` instances or classes, called as the HF Trainer calls them:
+    ``on_train_begin``, ``on_step_begin`` before each rollout, ``on_step_end`` after the update, ``on_log`` with each
+    ``log_history`` entry, ``on_save`` after each ``checkpoint-<step>`` folder is written (on every process),
+    ``on_train_end``; ``control.should_training_stop`` ends training after the step).
     """
 
     def __init__(self, model, reward_funcs, args: AttnPPOConfig, train_dataset, processing_class=None,
-                 peft_config=None):
+                 peft_config=None, callbacks=None):
         args.validate_credit()
         args.validate_ppo()
         self.args = args
@@ -227,6 +241,13 @@ class AttnPPOTrainer:
                                   save_steps=self._every(args.save_steps), log_history=[])
         self._pending_metrics: list[dict[str, float]] = []  # one dict per step since the last log entry
         self._step_metrics: dict[str, list[float]] = defaultdict(list)
+        self.control = TrainerControl()
+        self.callback_handler = CallbackHandler([DefaultFlowCallback, *(callbacks or [])], self.model,
+                                                processing_class, self.optimizer, self.lr_scheduler)
+
+    def add_callback(self, callback) -> None:
+        """Add a ``TrainerCallback`` (instance or class), as ``transformers.Trainer.add_callback``."""
+        self.callback_handler.add_callback(callback)
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -302,19 +323,31 @@ class AttnPPOTrainer:
         bar = tqdm(total=self.args.max_steps, initial=self.state.global_step, desc="PPO",
                    disable=self.args.disable_tqdm or not self.accelerator.is_main_process)
         start, losses = time.time(), []
-        while self.state.global_step < self.args.max_steps:
+        events, args, state = self.callback_handler, self.args, self.state
+        self.control = events.on_train_begin(args, state, self.control)
+        while state.global_step < args.max_steps:
+            self.control = events.on_step_begin(args, state, self.control)
             t0 = time.perf_counter()
             rollout = self.make_rollout(self._next_prompts())
             self.ppo_update(rollout)
             self._step_metrics["step_seconds"].append(time.perf_counter() - t0)
-            self.state.global_step += 1
-            metrics = self._finish_step()
-            losses.append(metrics["loss/policy"] + self.args.vf_coef * metrics["loss/value"])
+            state.global_step += 1
+            metrics, log_entry = self._finish_step()
+            losses.append(metrics["loss/policy"] + args.vf_coef * metrics["loss/value"])
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", vf=f"{metrics['loss/value']:.3f}")
-            if self.args.save_strategy == "steps" and self.state.global_step % self.state.save_steps == 0:
-                self.save_model(str(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"))
+            self.control = events.on_step_end(args, state, self.control)
+            if log_entry is not None:
+                self.control = events.on_log(args, state, self.control, logs=log_entry)
+                self.control.should_log = False
+            if args.save_strategy == "steps" and state.global_step % state.save_steps == 0:
+                self.save_model(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
+                self.control = events.on_save(args, state, self.control)
+                self.control.should_save = False
+            if self.control.should_training_stop and state.global_step < args.max_steps:
+                break  # a callback (early stopping, a time limit) asked to stop
         bar.close()
+        self.control = events.on_train_end(args, state, self.control)
         runtime = time.time() - start
         return TrainOutput(self.state.global_step, float(np.mean(losses)) if losses else float("nan"),
                            {"train_runtime": runtime})
@@ -509,12 +542,14 @@ class AttnPPOTrainer:
         for name, value in values.items():
             self._step_metrics[name].append(value)
 
-    def _finish_step(self) -> dict[str, float]:
-        """This step's metrics (means over its mini-batches, averaged over processes); every ``logging_steps``
-        their mean over the interval goes to ``state.log_history`` and is printed."""
+    def _finish_step(self) -> tuple[dict[str, float], dict[str, float] | None]:
+        """This step's metrics (means over its mini-batches, averaged over processes), and every
+        ``logging_steps`` the log entry (their mean over the interval), which goes to ``state.log_history`` and is
+        printed; None on the other steps."""
         metrics = self._reduce_metrics({k: float(np.mean(v)) for k, v in self._step_metrics.items()})
         self._step_metrics.clear()
         self._pending_metrics.append(metrics)
+        entry = None
         if self.state.global_step % self.state.logging_steps == 0 or self.state.global_step == self.args.max_steps:
             keys = {k for p in self._pending_metrics for k in p}
             entry = {k: float(np.nanmean([p[k] for p in self._pending_metrics if k in p])) for k in sorted(keys)}
@@ -523,7 +558,7 @@ class AttnPPOTrainer:
             self._pending_metrics = []
             if self.accelerator.is_main_process and not self.args.disable_tqdm:
                 tqdm.write(str({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
-        return metrics
+        return metrics, entry
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
