@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PeftModel
 
 from attnrl.algos import ppo_core
-from attnrl.trainers.ppo import AttnPPOTrainer, completion_mask_until_eos
+from attnrl.trainers.ppo import AttnPPOTrainer, completion_mask_until_eos, nan_mean
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 from tests.conftest import prompt_dataset
 
@@ -197,3 +197,13 @@ def test_rollout_samples_from_the_distribution_whose_log_probs_it_trains(ppo_arg
     entropy = -(sampler.exp() * sampler.nan_to_num(neginf=0.0)).sum(-1)
     torch.testing.assert_close(entropy[m], rollout.entropy[m], atol=1e-4, rtol=1e-4)  # the whole distribution
     assert {k: getattr(trainer.model.get_base_model().generation_config, k) for k in shipped} == shipped  # restored
+
+
+def test_nan_mean_ignores_nan_and_is_quiet_when_all_are_nan():
+    import math
+    import warnings
+
+    assert nan_mean([1.0, float("nan"), 3.0]) == 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here
+        assert math.isnan(nan_mean([float("nan"), float("nan")]))

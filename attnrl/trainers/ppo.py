@@ -552,7 +552,7 @@ class AttnPPOTrainer:
         entry = None
         if self.state.global_step % self.state.logging_steps == 0 or self.state.global_step == self.args.max_steps:
             keys = {k for p in self._pending_metrics for k in p}
-            entry = {k: float(np.nanmean([p[k] for p in self._pending_metrics if k in p])) for k in sorted(keys)}
+            entry = {k: nan_mean([p[k] for p in self._pending_metrics if k in p]) for k in sorted(keys)}
             entry["step"] = self.state.global_step
             self.state.log_history.append(entry)
             self._pending_metrics = []
@@ -652,6 +652,12 @@ def generation_config_as_model_default(model: nn.Module, config: GenerationConfi
         yield
     finally:
         target.generation_config = saved
+
+
+def nan_mean(values: list[float]) -> float:
+    """Mean of the non-NaN values; NaN (without numpy's empty-slice warning) when every value is NaN."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def completion_mask_until_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
