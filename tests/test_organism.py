@@ -355,4 +355,8 @@ def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):
     versus = {v["scaled"]: v for v in summary["scaled_vs_default"]}
     assert versus["coupled_scaled"]["final_accuracy"]["mean"] == pytest.approx(0.01)
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
-    assert "| coupled | 3 | 35.1" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "| coupled | 3 | 35.1" in text
+    assert "| 3 | 30.3 | 31.3 | 32.3 | 33.3 | 34.3 |  | 36.3 | 30.3 |" in text  # seed 3 in the cell matrix
+    assert (tmp_path / "credit_positions.png").stat().st_size > 0
+    assert set(summarize.CHAR_CLASSES) == set(sweep.CHAR_CLASSES)

@@ -8,8 +8,9 @@ strategy finished (so a partial sweep stays paired); the second-pass strategies 
 as a mean with a percentile-bootstrap 95% CI over seeds; the paired difference to ``uniform`` (mean, bootstrap 95%
 CI, exact sign test, Holm-adjusted p over the six core comparisons, wins/ties/losses, minimum detectable
 difference at 80% power); the amplified-token fraction and where the amplified tokens sit. The scaled credit
-settings are compared with the defaults the same way. Writes ``summary.json``, ``summary.md`` and
-``learning_curves.png`` (held-out accuracy and training reward, means over seeds) next to the cells.
+settings are compared with the defaults the same way. Writes ``summary.json``, ``summary.md``,
+``learning_curves.png`` (held-out accuracy and training reward, means over seeds) and ``credit_positions.png``
+(amplification by position and character class) next to the cells.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ORDER = CORE + EXTRA
 SCALED_PAIRS = (("global_anchor_scaled", "global_anchor"), ("coupled_scaled", "coupled"),
                 ("local_chunk_scaled", "local_chunk"))
 METRICS = ("final_accuracy", "auc")
+CHAR_CLASSES = ("digit", "operator", "equals", "pool", "newline", "fail")  # sweep.CHAR_CLASSES' names
 
 
 def load_cells(out: Path) -> dict[str, dict[int, dict]]:
@@ -91,6 +93,7 @@ def rows(cells: dict[str, dict[int, dict]]) -> list[dict]:
                "amplified_frac": _mean([p.get("amplified_frac") for p in positions]),
                "rate_first_line": _mean([p.get("rate_first_line") for p in positions]),
                "rate_by_decile": _mean_lists([p.get("rate_by_decile") for p in positions]),
+               "rate_by_class": {name: _mean([p.get(f"rate_{name}") for p in positions]) for name in CHAR_CLASSES},
                "seconds_per_step": statistics.fmean(c["seconds_per_step"] for c in members.values()),
                "completion_tokens": _mean([_mean(c["completion_length_curve"]) for c in members.values()])}
         for metric in METRICS:
@@ -158,6 +161,18 @@ def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
         lines.append(f"| {r['strategy']} | {len(r['seeds'])} | {_pct(f['mean'])}{_ci(f['ci95'])} | "
                      f"{_diff(r['final_accuracy_vs_uniform'])} | {_pct(a['mean'])} | {auc_diff} | "
                      f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
+    amplifying = [r for r in table if r["amplified_frac"]]
+    if amplifying:
+        lines += ["", "Where the amplified tokens (gamma > 1) sit, over all training rollouts: the share of tokens "
+                  "amplified in each tenth of the answer and in each character class (`pool`: the brackets and "
+                  "spaces of a pool line, `fail`: the dead-end mark).", "",
+                  "| strategy | amplified | 1st tenth | 2nd | 5th | 9th | last tenth | line 1 | "
+                  + " | ".join(CHAR_CLASSES) + " |", "|---" * (8 + len(CHAR_CLASSES)) + "|"]
+        for r in amplifying:
+            d = r["rate_by_decile"] or [None] * 10
+            lines.append(f"| {r['strategy']} | {_pct(r['amplified_frac'])} | {_pct(d[0])} | {_pct(d[1])} | "
+                         f"{_pct(d[4])} | {_pct(d[8])} | {_pct(d[9])} | {_pct(r['rate_first_line'])} | "
+                         + " | ".join(_pct(r["rate_by_class"].get(c)) for c in CHAR_CLASSES) + " |")
     if versus:
         lines += ["", "Scaled credit setting (W = H_lo = 5, H_hi = 46) against the defaults, paired by seed:", "",
                   "| scaled − default | seeds | Δ final [95% CI] | p | W/T/L | MDD | Δ AUC [95% CI] | p |",
@@ -168,6 +183,17 @@ def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
                          f"{_ci(f['ci95'], True)} | {f['sign_test_p']:.3f} | {f['wins']}/{f['ties']}/{f['losses']} | "
                          f"{_pct(f['mdd80'])} | {_pct(a['mean'], True)}{_ci(a['ci95'], True)} | "
                          f"{a['sign_test_p']:.3f} |")
+    return "\n".join(lines)
+
+
+def cell_matrix(cells: dict[str, dict[int, dict]]) -> str:
+    """Every finished cell's final held-out accuracy (%), a row per seed and a column per strategy."""
+    strategies = sorted(cells, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
+    seeds = sorted({seed for members in cells.values() for seed in members})
+    lines = ["| seed | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
+    for seed in seeds:
+        lines.append(f"| {seed} | " + " | ".join(_pct(cells[s][seed]["final_accuracy"]) if seed in cells[s] else ""
+                                                 for s in strategies) + " |")
     return "\n".join(lines)
 
 
@@ -203,7 +229,38 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path) -> N
     reward_ax.set_ylabel("training reward (10-step moving mean, mean over seeds)")
     for ax in (acc_ax, reward_ax):
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
+    if acc_ax.lines:
+        acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_positions(table: list[dict], path: Path) -> None:
+    """Amplification rate by tenth of the answer and by character class, one line / bar group per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    amplifying = [r for r in table if r["amplified_frac"] and r["rate_by_decile"]]
+    if not amplifying:
+        return
+    fig, (pos_ax, class_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(amplifying)
+    for i, r in enumerate(amplifying):
+        pos_ax.plot([10 * d + 5 for d in range(10)], [100 * (v or 0) for v in r["rate_by_decile"]], marker="o",
+                    label=r["strategy"])
+        class_ax.bar(np.arange(len(CHAR_CLASSES)) + i * width, [100 * (r["rate_by_class"].get(c) or 0)
+                                                               for c in CHAR_CLASSES], width, label=r["strategy"])
+    pos_ax.set_xlabel("position in the answer (% of its length)")
+    pos_ax.set_ylabel("tokens amplified (%)")
+    class_ax.set_xticks(np.arange(len(CHAR_CLASSES)) + 0.4 - width / 2, CHAR_CLASSES)
+    class_ax.set_ylabel("tokens amplified (%)")
+    for ax in (pos_ax, class_ax):
+        ax.grid(alpha=0.3)
+    pos_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -225,8 +282,12 @@ def summarize(out: Path) -> list[dict]:
                                                   "scaled_vs_default": versus}, indent=1))
     (out / "summary.md").write_text(f"# Organism credit sweep\n\nbudget: `{json.dumps(budget)}`\n\n"
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
-                                    "![held-out accuracy and training reward](learning_curves.png)\n")
+                                    "Every finished cell, final held-out accuracy (%):\n\n"
+                                    f"{cell_matrix(cells)}\n\n"
+                                    "![held-out accuracy and training reward](learning_curves.png)\n\n"
+                                    "![where the amplified tokens sit](credit_positions.png)\n")
     plot(cells, base, out / "learning_curves.png")
+    plot_positions(table, out / "credit_positions.png")
     print(text)
     return table
 
