@@ -324,7 +324,7 @@ class AttnPPOTrainer:
                    disable=self.args.disable_tqdm or not self.accelerator.is_main_process)
         start, losses = time.time(), []
         events, args, state = self.callback_handler, self.args, self.state
-        self.control = events.on_train_begin(args, state, self.control)
+        self.control = events.on_train_begin(args, state, TrainerControl())  # a fresh control per train() call
         while state.global_step < args.max_steps:
             self.control = events.on_step_begin(args, state, self.control)
             t0 = time.perf_counter()
