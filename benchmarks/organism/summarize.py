@@ -138,28 +138,31 @@ def _ci(ci, signed=False):
     return "" if ci[0] is None else f" [{_pct(ci[0], signed)}, {_pct(ci[1], signed)}]"
 
 
-def _diff(d) -> str:
+def _diff(d, counts: bool = True, holm: bool = True) -> str:
+    """Table cells of a paired difference: mean [CI] | p (/ Holm) (| W/T/L | MDD when ``counts``)."""
     if not d:
-        return "— | — | — | —"
-    holm = f"{d['holm_p']:.3f}" if "holm_p" in d else "—"
-    return (f"{_pct(d['mean'], True)}{_ci(d['ci95'], True)} | {d['sign_test_p']:.3f} / {holm} | "
-            f"{d['wins']}/{d['ties']}/{d['losses']} | {_pct(d['mdd80'])}")
+        return " | ".join(["—"] * (4 if counts else 2))
+    p = f"{d['sign_test_p']:.3f}" + (f" / {d['holm_p']:.3f}" if "holm_p" in d else " / —" if holm else "")
+    cells = [f"{_pct(d['mean'], True)}{_ci(d['ci95'], True)}", p]
+    if counts:
+        cells += [f"{d['wins']}/{d['ties']}/{d['losses']}", _pct(d["mdd80"])]
+    return " | ".join(cells)
 
 
 def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
     lines = [f"Base (step 0, greedy): {_pct(base)}%. Accuracies in %, differences in points, paired by seed; "
              "[95% CI]: percentile bootstrap over seeds; p: exact two-sided sign test / Holm-adjusted over the core "
              "comparisons; W/T/L: seeds better / equal / worse than uniform; MDD: smallest difference detectable with "
-             f"80% power. Core strategies on the {len(table[0]['seeds']) if table else 0} seeds where all of them "
+             f"80% power. Core strategies on the {next((len(r['seeds']) for r in table if r['pass'] == 'core'), 0)} "
+             "seeds where all of them "
              "finished; second-pass strategies on the seeds they share with uniform.", "",
              "| strategy | seeds | final % [95% CI] | Δ final vs uniform [95% CI] | p / Holm | W/T/L | MDD | "
              "AUC % | Δ AUC [95% CI] | p / Holm | amplified | amplified on line 1 | s/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         f, a = r["final_accuracy"], r["auc"]
-        auc_diff = _diff(r["auc_vs_uniform"]).rsplit(" | ", 2)[0]  # without W/T/L and MDD
         lines.append(f"| {r['strategy']} | {len(r['seeds'])} | {_pct(f['mean'])}{_ci(f['ci95'])} | "
-                     f"{_diff(r['final_accuracy_vs_uniform'])} | {_pct(a['mean'])} | {auc_diff} | "
+                     f"{_diff(r['final_accuracy_vs_uniform'])} | {_pct(a['mean'])} | {_diff(r['auc_vs_uniform'], False)} | "
                      f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
     amplifying = [r for r in table if r["amplified_frac"]]
     if amplifying:
@@ -178,11 +181,8 @@ def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
                   "| scaled − default | seeds | Δ final [95% CI] | p | W/T/L | MDD | Δ AUC [95% CI] | p |",
                   "|---|---|---|---|---|---|---|---|"]
         for v in versus:
-            f, a = v["final_accuracy"], v["auc"]
-            lines.append(f"| {v['scaled']} − {v['default']} | {len(f['seeds'])} | {_pct(f['mean'], True)}"
-                         f"{_ci(f['ci95'], True)} | {f['sign_test_p']:.3f} | {f['wins']}/{f['ties']}/{f['losses']} | "
-                         f"{_pct(f['mdd80'])} | {_pct(a['mean'], True)}{_ci(a['ci95'], True)} | "
-                         f"{a['sign_test_p']:.3f} |")
+            lines.append(f"| {v['scaled']} − {v['default']} | {len(v['final_accuracy']['seeds'])} | "
+                         f"{_diff(v['final_accuracy'], holm=False)} | {_diff(v['auc'], False, holm=False)} |")
     return "\n".join(lines)
 
 
