@@ -269,9 +269,43 @@ def test_sweep_variants_budget_and_curve_area():
     curve = [{"step": 50, "accuracy": 0.4}, {"step": 100, "accuracy": 0.6}]
     assert sweep.area_under_curve(curve, 0.2) == pytest.approx((50 * 0.3 + 50 * 0.5) / 100)
     assert sweep.area_under_curve(curve, None) == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="eval-samples"):
+        sweep.OrganismBudget(eval_samples=-1).validate()
+    sampled = [{"step": 50, "accuracy": 0.4, "sampled_accuracy": 0.1}, {"step": 100, "accuracy": 0.6,
+                                                                          "sampled_accuracy": 0.3}]
+    assert sweep.area_under_curve(sampled, 0.0, "sampled_accuracy") == pytest.approx((50 * 0.05 + 50 * 0.2) / 100)
     todo = sweep.learning_sweep.pending_cells([sweep.TASK], ["uniform", "coupled"], [0, 1], Path("/nonexistent"))
     assert todo == [("organism", "uniform", 0), ("organism", "coupled", 0), ("organism", "uniform", 1),
                     ("organism", "coupled", 1)]  # seed-major
+
+
+def test_results_folder_refuses_another_budget_but_not_a_setting_added_since(tmp_path):
+    sweep = _load_sweep()
+    from dataclasses import asdict
+
+    old = {k: v for k, v in asdict(sweep.OrganismBudget()).items() if k != "eval_samples"}  # a folder from before
+    (tmp_path / "budget.json").write_text(json.dumps(old))
+    sweep.learning_sweep.check_budget_matches(tmp_path, sweep.OrganismBudget())  # the new setting at its default
+    with pytest.raises(SystemExit, match="eval_samples"):
+        sweep.learning_sweep.check_budget_matches(tmp_path, sweep.OrganismBudget(eval_samples=4))
+
+
+def test_sampled_evaluation_is_seeded_and_leaves_the_training_rng_alone(tmp_path):
+    sweep = _load_sweep()
+    build_organism(_tiny_config(tmp_path / "ckpt", max_steps=2))
+    budget = sweep.OrganismBudget(checkpoint=str(tmp_path / "ckpt"), eval_split="val", eval_size=4, eval_samples=3,
+                                  max_completion_length=12, eval_batch_size=2)
+    model, tokenizer = sweep.load(budget)
+    evaluate = sweep.evaluator(budget, tokenizer)
+    torch.manual_seed(7)
+    first = evaluate(model)
+    after_eval = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after_eval, torch.rand(3))  # evaluating drew nothing from the global generator
+    assert evaluate(model) == first  # the same samples at every evaluation
+    assert set(first) == {"accuracy", "sampled_accuracy"} and 0 <= first["sampled_accuracy"] <= 1
+    assert set(sweep.evaluator(sweep.OrganismBudget(**{**budget.__dict__, "eval_samples": 0}), tokenizer)(model)) \
+        == {"accuracy"}
 
 
 def test_credit_positions_count_where_amplified_tokens_sit():
@@ -302,11 +336,13 @@ def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
     cmd = [sys.executable, str(ORGANISM / "sweep.py"), "--checkpoint", str(tmp_path / "ckpt"), "--steps", "2",
            "--eval-every", "1", "--eval-size", "4", "--train-size", "8", "--prompts-per-step", "2",
            "--num-generations", "2", "--max-completion-length", "16", "--seeds", "0", "--strategies", "coupled_scaled",
-           "trl_top_entropy", "--jobs", "1", "--out", str(out)]
+           "trl_top_entropy", "--jobs", "1", "--eval-samples", "2", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     cell = json.loads((out / "cells" / "organism__coupled_scaled__s0.json").read_text())
     assert [p["step"] for p in cell["accuracy_curve"]] == [1, 2] and len(cell["train_reward_curve"]) == 2
+    assert 0 <= cell["final_sampled_accuracy"] <= 1 and cell["sampled_auc"] is not None
+    assert "sampled_accuracy" in json.loads((out / "base__organism.json").read_text())
     assert cell["config"]["credit_window"] == 5 and cell["config"]["credit_fai_hi"] == 46
     assert 0 < cell["credit_positions"]["amplified_frac"] < 1 and cell["wall_seconds"] > 0
     peer = json.loads((out / "cells" / "organism__trl_top_entropy__s0.json").read_text())
@@ -327,6 +363,31 @@ def _summary_cell(strategy: str, seed: int, final: float) -> dict:
             "accuracy_curve": [{"step": 5, "accuracy": final - 0.02}, {"step": 10, "accuracy": final}],
             "train_reward_curve": [0.1, 0.2, 0.3], "completion_length_curve": [100.0, 90.0], "seconds_per_step": 1.0,
             "credit_positions": {"amplified_frac": 0.4, "rate_first_line": 0.5, "rate_by_decile": [0.4] * 10}}
+
+
+def test_sweep_summary_of_a_sampled_budget_tests_the_sampled_metric(tmp_path):
+    summarize = _load_summarize()
+    (tmp_path / "cells").mkdir()
+    for seed in range(3):
+        for i, strategy in enumerate(summarize.CORE):
+            cell = _summary_cell(strategy, seed, 0.30)  # greedy: every strategy equal
+            sampled = 0.20 + 0.01 * i + 0.001 * seed
+            cell.update(final_sampled_accuracy=sampled, sampled_auc=sampled - 0.01)
+            for point in cell["accuracy_curve"]:
+                point["sampled_accuracy"] = sampled
+            (tmp_path / "cells" / f"organism__{strategy}__s{seed}.json").write_text(json.dumps(cell))
+    (tmp_path / "budget.json").write_text(json.dumps({"eval_samples": 4}))
+    (tmp_path / "base__organism.json").write_text(json.dumps({"accuracy": 0.25, "sampled_accuracy": 0.15}))
+    table = {r["strategy"]: r for r in summarize.summarize(tmp_path)}
+    coupled = table["coupled"]
+    assert coupled["final_sampled_accuracy_vs_uniform"]["mean"] == pytest.approx(0.05)
+    assert coupled["final_sampled_accuracy_vs_uniform"]["holm_p"] == 1.0
+    assert coupled["final_accuracy_vs_uniform"]["mean"] == pytest.approx(0.0)  # greedy reported alongside
+    text = (tmp_path / "summary.md").read_text()
+    assert "Primary metric: final sampled" in text and "greedy 25.0%, sampled 15.0%" in text
+    assert "| coupled | 3 | 25.1" in text  # the primary column is the sampled metric
+    assert "| 2 | 20.2 | 21.2 |" in text  # the cell matrix shows the primary metric
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"][0] == "final_sampled_accuracy"
 
 
 def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):

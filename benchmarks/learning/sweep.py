@@ -242,7 +242,8 @@ def check_budget_matches(out: Path, budget: SweepBudget) -> None:
     """Refuse to mix budgets in one results folder (resuming with other settings would mix incomparable cells)."""
     marker = out / "budget.json"
     if marker.exists():
-        saved = json.loads(marker.read_text())
+        # a setting added since the folder was started counts as its default there
+        saved = {**asdict(type(budget)()), **json.loads(marker.read_text())}
         if saved != asdict(budget):
             changed = {k: (saved.get(k), v) for k, v in asdict(budget).items() if saved.get(k) != v}
             raise SystemExit(f"{out} holds cells of another budget (changed: {changed}); pass another --out or "

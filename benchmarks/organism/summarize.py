@@ -28,7 +28,22 @@ ORDER = CORE + EXTRA
 # (scaled, default): the pre-registered comparison of the two credit settings.
 SCALED_PAIRS = (("global_anchor_scaled", "global_anchor"), ("coupled_scaled", "coupled"),
                 ("local_chunk_scaled", "local_chunk"))
-METRICS = ("final_accuracy", "auc")
+# Cell metrics per evaluation kind: (primary, secondary) as pre-registered, then the other kind's, reported only.
+GREEDY_METRICS = ("final_accuracy", "auc")
+SAMPLED_METRICS = ("final_sampled_accuracy", "sampled_auc")
+LABELS = {"final_accuracy": "final greedy", "auc": "AUC greedy", "final_sampled_accuracy": "final sampled",
+          "sampled_auc": "AUC sampled"}
+
+
+def metrics_of(budget: dict) -> tuple[str, ...]:
+    """The metrics of a results folder: sampled ones first when its budget sampled its evaluations (budget B of
+    PREREGISTRATION.md, ``eval_samples`` > 0), greedy ones only otherwise (budget A)."""
+    return SAMPLED_METRICS + GREEDY_METRICS if budget.get("eval_samples") else GREEDY_METRICS
+
+
+def curve_key(budget: dict) -> str:
+    """The accuracy-curve entry of the primary metric."""
+    return "sampled_accuracy" if budget.get("eval_samples") else "accuracy"
 CHAR_CLASSES = ("digit", "operator", "equals", "pool", "newline", "fail")  # sweep.CHAR_CLASSES' names
 
 
@@ -78,7 +93,7 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": mean, "ci95": [lo, hi]}
 
 
-def rows(cells: dict[str, dict[int, dict]]) -> list[dict]:
+def rows(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_METRICS) -> list[dict]:
     from attnrl.analysis.stats import holm_adjust
 
     uniform = cells.get("uniform", {})
@@ -96,11 +111,11 @@ def rows(cells: dict[str, dict[int, dict]]) -> list[dict]:
                "rate_by_class": {name: _mean([p.get(f"rate_{name}") for p in positions]) for name in CHAR_CLASSES},
                "seconds_per_step": statistics.fmean(c["seconds_per_step"] for c in members.values()),
                "completion_tokens": _mean([_mean(c["completion_length_curve"]) for c in members.values()])}
-        for metric in METRICS:
+        for metric in metrics:
             row[metric] = mean_ci([c[metric] for c in members.values()])
             row[f"{metric}_vs_uniform"] = None if strategy == "uniform" else paired(metric, members, uniform, seeds)
         out.append(row)
-    for metric in METRICS:  # Holm over the pre-registered family: the core strategies against uniform
+    for metric in metrics:  # Holm over the pre-registered family: the core strategies against uniform
         family = [r for r in out if r["pass"] == "core" and r[f"{metric}_vs_uniform"]]
         if family:
             for r, adj in zip(family, holm_adjust([r[f"{metric}_vs_uniform"]["sign_test_p"] for r in family])):
@@ -108,14 +123,14 @@ def rows(cells: dict[str, dict[int, dict]]) -> list[dict]:
     return out
 
 
-def scaled_vs_default(cells: dict[str, dict[int, dict]]) -> list[dict]:
+def scaled_vs_default(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_METRICS) -> list[dict]:
     """The scaled credit setting against the defaults, paired by seed."""
     out = []
     for scaled, default in SCALED_PAIRS:
         if scaled in cells and default in cells:
             seeds = sorted(set(analysed_seeds(scaled, cells)) & set(analysed_seeds(default, cells)))
-            comparison = {m: paired(m, cells[scaled], cells[default], seeds) for m in METRICS}
-            if comparison["final_accuracy"]:
+            comparison = {m: paired(m, cells[scaled], cells[default], seeds) for m in metrics}
+            if comparison[metrics[0]]:
                 out.append({"scaled": scaled, "default": default, **comparison})
     return out
 
@@ -149,21 +164,34 @@ def _diff(d, counts: bool = True, holm: bool = True) -> str:
     return " | ".join(cells)
 
 
-def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
-    lines = [f"Base (step 0, greedy): {_pct(base)}%. Accuracies in %, differences in points, paired by seed; "
-             "[95% CI]: percentile bootstrap over seeds; p: exact two-sided sign test / Holm-adjusted over the core "
-             "comparisons; W/T/L: seeds better / equal / worse than uniform; MDD: smallest difference detectable with "
-             f"80% power. Core strategies on the {next((len(r['seeds']) for r in table if r['pass'] == 'core'), 0)} "
-             "seeds where all of them "
-             "finished; second-pass strategies on the seeds they share with uniform.", "",
-             "| strategy | seeds | final % [95% CI] | Δ final vs uniform [95% CI] | p / Holm | W/T/L | MDD | "
-             "AUC % | Δ AUC [95% CI] | p / Holm | amplified | amplified on line 1 | s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[str, ...] = GREEDY_METRICS) -> str:
+    """The summary tables; ``base``: the checkpoint's step-0 scores (``accuracy``, ``sampled_accuracy``)."""
+    primary, secondary, *reported = metrics
+    step0 = ", ".join(f"{kind} {_pct(base.get(key))}%" for kind, key in (("greedy", "accuracy"),
+                                                                           ("sampled", "sampled_accuracy"))
+                      if base.get(key) is not None)
+    seeds = next((len(r["seeds"]) for r in table if r["pass"] == "core"), 0)
+    lines = [f"Base (step 0): {step0 or '—'}. Primary metric: {LABELS[primary]} held-out accuracy; secondary: "
+             f"{LABELS[secondary]}" + (f"; reported, not tested: {', '.join(LABELS[m] for m in reported)}"
+                                       if reported else "")
+             + ". Accuracies in %, differences in points, paired by seed; [95% CI]: percentile bootstrap over seeds; "
+             "p: exact two-sided sign test / Holm-adjusted over the core comparisons; W/T/L: seeds better / equal / "
+             "worse than uniform; MDD: smallest difference detectable with 80% power. Core strategies on the "
+             f"{seeds} seeds where all of them finished; second-pass strategies on the seeds they share with "
+             "uniform.", "",
+             f"| strategy | seeds | {LABELS[primary]} % [95% CI] | Δ vs uniform [95% CI] | p / Holm | W/T/L | MDD | "
+             f"{LABELS[secondary]} % | Δ [95% CI] | p / Holm | "
+             + "".join(f"{LABELS[m]} % | Δ [95% CI] | p | " for m in reported)
+             + "amplified | amplified on line 1 | s/step |",
+             "|---" * (13 + 3 * len(reported)) + "|"]
     for r in table:
-        f, a = r["final_accuracy"], r["auc"]
-        lines.append(f"| {r['strategy']} | {len(r['seeds'])} | {_pct(f['mean'])}{_ci(f['ci95'])} | "
-                     f"{_diff(r['final_accuracy_vs_uniform'])} | {_pct(a['mean'])} | {_diff(r['auc_vs_uniform'], False)} | "
-                     f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
+        p, a = r[primary], r[secondary]
+        lines.append(f"| {r['strategy']} | {len(r['seeds'])} | {_pct(p['mean'])}{_ci(p['ci95'])} | "
+                     f"{_diff(r[f'{primary}_vs_uniform'])} | {_pct(a['mean'])} | "
+                     f"{_diff(r[f'{secondary}_vs_uniform'], False)} | "
+                     + "".join(f"{_pct(r[m]['mean'])} | {_diff(r[f'{m}_vs_uniform'], False, holm=False)} | "
+                               for m in reported)
+                     + f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
     amplifying = [r for r in table if r["amplified_frac"]]
     if amplifying:
         lines += ["", "Where the amplified tokens (gamma > 1) sit, over all training rollouts: the share of tokens "
@@ -178,21 +206,21 @@ def markdown(table: list[dict], versus: list[dict], base: float | None) -> str:
                          + " | ".join(_pct(r["rate_by_class"].get(c)) for c in CHAR_CLASSES) + " |")
     if versus:
         lines += ["", "Scaled credit setting (W = H_lo = 5, H_hi = 46) against the defaults, paired by seed:", "",
-                  "| scaled − default | seeds | Δ final [95% CI] | p | W/T/L | MDD | Δ AUC [95% CI] | p |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| scaled − default | seeds | Δ {LABELS[primary]} [95% CI] | p | W/T/L | MDD | "
+                  f"Δ {LABELS[secondary]} [95% CI] | p |", "|---|---|---|---|---|---|---|---|"]
         for v in versus:
-            lines.append(f"| {v['scaled']} − {v['default']} | {len(v['final_accuracy']['seeds'])} | "
-                         f"{_diff(v['final_accuracy'], holm=False)} | {_diff(v['auc'], False, holm=False)} |")
+            lines.append(f"| {v['scaled']} − {v['default']} | {len(v[primary]['seeds'])} | "
+                         f"{_diff(v[primary], holm=False)} | {_diff(v[secondary], False, holm=False)} |")
     return "\n".join(lines)
 
 
-def cell_matrix(cells: dict[str, dict[int, dict]]) -> str:
-    """Every finished cell's final held-out accuracy (%), a row per seed and a column per strategy."""
+def cell_matrix(cells: dict[str, dict[int, dict]], metric: str = "final_accuracy") -> str:
+    """Every finished cell's ``metric`` (%), a row per seed and a column per strategy."""
     strategies = sorted(cells, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
     seeds = sorted({seed for members in cells.values() for seed in members})
     lines = ["| seed | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
     for seed in seeds:
-        lines.append(f"| {seed} | " + " | ".join(_pct(cells[s][seed]["final_accuracy"]) if seed in cells[s] else ""
+        lines.append(f"| {seed} | " + " | ".join(_pct(cells[s][seed][metric]) if seed in cells[s] else ""
                                                  for s in strategies) + " |")
     return "\n".join(lines)
 
@@ -201,7 +229,8 @@ def _moving_average(values: list[float], width: int) -> list[float]:
     return [statistics.fmean(values[max(0, i - width + 1): i + 1]) for i in range(len(values))]
 
 
-def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path) -> None:
+def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path, key: str = "accuracy") -> None:
+    """Held-out ``key`` (``accuracy``: greedy, ``sampled_accuracy``) and training reward, means over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,7 +242,7 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path) -> N
         if not seeds:
             continue
         members = [cells[strategy][s] for s in seeds]
-        curves = [[(0, base)] * (base is not None) + [(p["step"], p["accuracy"]) for p in c["accuracy_curve"]]
+        curves = [[(0, base)] * (base is not None) + [(p["step"], p[key]) for p in c["accuracy_curve"]]
                   for c in members]
         steps = sorted(set.intersection(*(set(s for s, _ in curve) for curve in curves)))
         means = [100 * statistics.fmean(dict(curve)[s] for curve in curves) for s in steps]
@@ -224,7 +253,8 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path) -> N
         mean_reward = [statistics.fmean(r[i] for r in rewards) for i in range(n)]
         reward_ax.plot(range(1, n + 1), _moving_average(mean_reward, 10), label=strategy, linewidth=width)
     acc_ax.set_xlabel("GRPO step")
-    acc_ax.set_ylabel("held-out greedy accuracy (%), mean over seeds")
+    acc_ax.set_ylabel(f"held-out {'sampled' if key == 'sampled_accuracy' else 'greedy'} accuracy (%), "
+                      "mean over seeds")
     reward_ax.set_xlabel("GRPO step")
     reward_ax.set_ylabel("training reward (10-step moving mean, mean over seeds)")
     for ax in (acc_ax, reward_ax):
@@ -272,21 +302,26 @@ def summarize(out: Path) -> list[dict]:
         print(f"no finished cells in {out / 'cells'}")
         return []
     base_path = out / "base__organism.json"
-    base = json.loads(base_path.read_text())["accuracy"] if base_path.exists() else None
-    table, versus = rows(cells), scaled_vs_default(cells)
+    base = json.loads(base_path.read_text()) if base_path.exists() else {}
     budget = json.loads((out / "budget.json").read_text()) if (out / "budget.json").exists() else {}
-    text = markdown(table, versus, base)
+    metrics = metrics_of(budget)
+    table, versus = rows(cells, metrics), scaled_vs_default(cells, metrics)
+    text = markdown(table, versus, base, metrics)
     finished = {s: sorted(c) for s, c in cells.items()}
-    (out / "summary.json").write_text(json.dumps({"budget": budget, "base": base, "finished_cells": finished,
+    (out / "summary.json").write_text(json.dumps({"budget": budget, "base": base.get("accuracy"),
+                                                  "base_scores": {k: base[k] for k in ("accuracy", "sampled_accuracy")
+                                                                  if k in base},
+                                                  "metrics": list(metrics), "finished_cells": finished,
                                                   "complete_core_seeds": complete_seeds(cells), "rows": table,
                                                   "scaled_vs_default": versus}, indent=1))
     (out / "summary.md").write_text(f"# Organism credit sweep\n\nbudget: `{json.dumps(budget)}`\n\n"
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
-                                    "Every finished cell, final held-out accuracy (%):\n\n"
-                                    f"{cell_matrix(cells)}\n\n"
+                                    f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
+                                    f"{cell_matrix(cells, metrics[0])}\n\n"
                                     "![held-out accuracy and training reward](learning_curves.png)\n\n"
                                     "![where the amplified tokens sit](credit_positions.png)\n")
-    plot(cells, base, out / "learning_curves.png")
+    key = curve_key(budget)
+    plot(cells, base.get(key), out / "learning_curves.png", key)
     plot_positions(table, out / "credit_positions.png")
     print(text)
     return table

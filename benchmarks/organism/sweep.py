@@ -91,6 +91,9 @@ class OrganismBudget:
     mask_truncated: int = field(default=0, metadata={"help": "1: leave truncated rollouts out of the loss "
                                                      "(TRL's mask_truncated_completions); 0: keep them."})
     eval_batch_size: int = field(default=100, metadata={"help": "Prompts per evaluation batch."})
+    eval_samples: int = field(default=0, metadata={
+        "help": "Also sample this many completions per evaluated problem at the rollout temperature and report their "
+                "mean success (sampled pass@1, the quantity GRPO optimises); 0: greedy accuracy only."})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'."})
 
     def checkpoint_path(self) -> Path:
@@ -105,6 +108,8 @@ class OrganismBudget:
             raise SystemExit(f"--mask-truncated {self.mask_truncated}: use 0 or 1")
         if self.device not in ("cpu", "cuda"):
             raise SystemExit(f"--device {self.device!r}: use 'cpu' or 'cuda'")
+        if self.eval_samples < 0:
+            raise SystemExit(f"--eval-samples {self.eval_samples}: use 0 (greedy only) or a number of samples")
         if min(self.steps, self.eval_every, self.eval_size, self.train_size, self.prompts_per_step) < 1 or \
                 self.num_generations < 2:
             raise SystemExit("steps, eval-every, eval-size, train-size, prompts-per-step must be >= 1 and "
@@ -121,14 +126,40 @@ def job_arguments(budget: OrganismBudget):
                             eval_batch_size=budget.eval_batch_size)
 
 
+EVAL_SAMPLING_SEED = 1234  # the same sampling seed at every evaluation of every cell (a paired evaluation)
+
+
 def evaluator(budget: OrganismBudget, tokenizer):
-    """``evaluate(model) -> accuracy`` in [0, 1]: greedy on the budget's evaluation problems (the recipe's evaluator)."""
+    """``evaluate(model) -> {"accuracy": greedy, "sampled_accuracy": ...}`` in [0, 1] on the evaluation problems.
+
+    ``accuracy``: greedy (the recipe's evaluator). ``sampled_accuracy`` (only when ``budget.eval_samples`` > 0): the
+    mean success of ``eval_samples`` completions per problem sampled at the rollout temperature (sampled pass@1),
+    drawn under a fixed seed inside ``torch.random.fork_rng`` so that evaluating never moves the training RNG.
+    """
+    import torch
+    from attnrl.rewards import TASKS
+
+    from attnrl.evaluation import evaluate_pass_at_k
     from attnrl.organism import load_problems
     from attnrl.recipes.grpo import held_out_evaluator
 
+    job = job_arguments(budget)
     problems = load_problems(budget.eval_split, budget.checkpoint_path(), n=budget.eval_size)
-    evaluate = held_out_evaluator(job_arguments(budget), tokenizer, problems)
-    return lambda model: evaluate(model, f"{budget.eval_split} accuracy").accuracy
+    greedy = held_out_evaluator(job, tokenizer, problems)
+
+    def evaluate(model) -> dict:
+        scores = {"accuracy": greedy(model, f"{budget.eval_split} accuracy").accuracy}
+        if budget.eval_samples:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(EVAL_SAMPLING_SEED)
+                sampled = evaluate_pass_at_k(
+                    model, tokenizer, problems, TASKS[job.task].is_correct, ks=[1], samples=budget.eval_samples,
+                    temperature=budget.temperature, max_new_tokens=budget.max_completion_length,
+                    batch_size=budget.eval_batch_size * budget.eval_samples, desc=f"{budget.eval_split} sampled")
+            scores["sampled_accuracy"] = sampled.pass_at_k[1]
+        return scores
+
+    return evaluate
 
 
 def load(budget: OrganismBudget):
@@ -142,9 +173,9 @@ def run_base(task: str, budget: OrganismBudget, out: Path) -> None:
     """Greedy accuracy of the checkpoint (step 0 of every cell)."""
     model, tokenizer = load(budget)
     t0 = time.time()
-    accuracy = evaluator(budget, tokenizer)(model)
+    scores = evaluator(budget, tokenizer)(model)
     learning_sweep.write_json_atomic(out / f"base__{task}.json", {
-        "task": task, "accuracy": accuracy, "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
+        "task": task, **scores, "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
 
 
 # ------------------------------------------------------------------------------------------------ one cell
@@ -252,8 +283,11 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
             step = state.global_step
             if step % budget.eval_every == 0 or step == state.max_steps:
                 t0 = time.time()
-                curve.append({"step": step, "accuracy": evaluate(model), "seconds": round(time.time() - t0, 1)})
-                print(f"[{name}] step {step}: {budget.eval_split} {100 * curve[-1]['accuracy']:.1f}%", flush=True)
+                curve.append({"step": step, **evaluate(model), "seconds": round(time.time() - t0, 1)})
+                sampled = (f", sampled {100 * curve[-1]['sampled_accuracy']:.1f}%"
+                           if "sampled_accuracy" in curve[-1] else "")
+                print(f"[{name}] step {step}: {budget.eval_split} greedy {100 * curve[-1]['accuracy']:.1f}%{sampled}",
+                      flush=True)
 
     trainer = Trainer(model=model, reward_funcs=task_rewards(job_arguments(budget).task, ["correct"]), args=args,
                       train_dataset=train, processing_class=tokenizer, peft_config=lora_config(job_arguments(budget)),
@@ -273,6 +307,9 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
                                                   "mask_truncated_completions", "loss_type", "scale_rewards",
                                                   "num_generations", "max_completion_length", "seed")},
         "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"], "auc": area_under_curve(curve, base(out)),
+        **({"final_sampled_accuracy": curve[-1]["sampled_accuracy"],
+            "sampled_auc": area_under_curve(curve, base(out, "sampled_accuracy"), "sampled_accuracy")}
+           if budget.eval_samples else {}),
         "train_reward_curve": [e.get("reward") for e in history],
         "completion_length_curve": [e.get("completions/mean_length") for e in history],
         "credit_positions": summarize_positions(positions),
@@ -285,16 +322,17 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
     return result
 
 
-def base(out: Path) -> float | None:
+def base(out: Path, key: str = "accuracy") -> float | None:
+    """The checkpoint's score ``key`` (step 0), when measured."""
     path = out / f"base__{TASK}.json"
-    return json.loads(path.read_text())["accuracy"] if path.exists() else None
+    return json.loads(path.read_text()).get(key) if path.exists() else None
 
 
-def area_under_curve(curve: list[dict], base_accuracy: float | None) -> float | None:
-    """Mean accuracy over steps (trapezoid rule from step 0 = ``base_accuracy``, when known, to the last point)."""
+def area_under_curve(curve: list[dict], base_accuracy: float | None, key: str = "accuracy") -> float | None:
+    """Mean of ``key`` over steps (trapezoid rule from step 0 = ``base_accuracy``, when known, to the last point)."""
     from attnrl.analysis.stats import area_under_curve as area
 
-    points = ([(0, base_accuracy)] if base_accuracy is not None else []) + [(p["step"], p["accuracy"]) for p in curve]
+    points = ([(0, base_accuracy)] if base_accuracy is not None else []) + [(p["step"], p[key]) for p in curve]
     if not points:
         return None
     return area([s for s, _ in points], [a for _, a in points])
