@@ -125,6 +125,33 @@ def test_reward_is_one_exactly_for_correct_answers(completion, reward):
     assert countdown_trace_reward(["p"], [completion], numbers=[[12, 7, 5]], target=[95], split=["test"]) == [reward]
 
 
+def test_verifier_agrees_with_reasoning_gym_on_right_and_wrong_lines(problems):
+    """verify_trace runs without reasoning_gym; its verdict must equal reasoning_gym's on every parsable line."""
+    rng = random.Random(0)
+    examples = sft_examples(problems["sft"], CountdownSpec(), seed=1, traces_per_problem=2)
+    checked = right = 0
+    for example in examples:
+        numbers, target = example["numbers"], example["target"]
+        for line in example["completion"][0]["content"].splitlines():
+            # the line; a dead end without its mark (exact steps, wrong value); one digit changed (mostly unparsable)
+            variants = [line, line.removesuffix(" x")] + [_change_one_digit(line, rng) for _ in range(3)]
+            for text in variants:
+                parsed = parse_answer(text, numbers)
+                if parsed is None:
+                    continue
+                ours = verify_trace(text, numbers, target)
+                assert ours == (reasoning_gym_score(parsed[0], numbers, target) == 1.0), (text, numbers, target)
+                checked += 1
+                right += ours
+    assert checked >= 60 and 0 < right < checked  # both verdicts occur
+
+
+def _change_one_digit(line: str, rng: random.Random) -> str:
+    digits = [i for i, ch in enumerate(line) if ch.isdigit()]
+    i = rng.choice(digits)
+    return line[:i] + str((int(line[i]) + rng.randrange(1, 10)) % 10) + line[i + 1:]
+
+
 def test_reasoning_gym_verifier_and_registry():
     assert reasoning_gym_score("(12 + 7) * 5", [12, 7, 5], 95) == 1.0
     assert reasoning_gym_score("12 * 7 + 5", [12, 7, 5], 95) < 1.0

@@ -211,13 +211,16 @@ def reasoning_gym_score(expression: str, numbers: list[int], target: int) -> flo
 
 
 def verify_trace(completion, numbers: list[int], target: int) -> bool:
-    """Whether a completion (text or messages) solves the problem: its last line parses (:func:`parse_answer`) to
-    an expression that reasoning_gym's verifier accepts."""
+    """Whether a completion (text or messages) solves the problem: its last line parses (:func:`parse_answer`:
+    exact integer steps that use every number once) to the target.
+
+    No reasoning_gym call at training time (its package imports dependencies that have no wheels for every
+    Python, which would keep the sweep off a GPU machine): its verifier is the cross-check instead — it agrees on
+    every parsed line of the tests and on all 856 parsed lines of 2,000 sampled organism answers (docs/results.md).
+    """
     lines = [line for line in completion_text(completion).splitlines() if line.strip()]
     parsed = parse_answer(lines[-1], numbers) if lines else None
-    if parsed is None or parsed[1] != target:
-        return False
-    return reasoning_gym_score(parsed[0], numbers, target) == 1.0
+    return parsed is not None and parsed[1] == target
 
 
 def countdown_trace_reward(prompts, completions, numbers, target, **kwargs) -> list[float]:
