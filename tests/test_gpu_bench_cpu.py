@@ -144,3 +144,36 @@ def test_fetch_wheels_pins_the_tested_versions_and_the_folder_is_ignored():
         assert version(name) == want, f"{name}: fetch_gpu_wheels.sh pins {want}, the tests run {version(name)}"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".whl/trl-1.16.0-py3-none-any.whl"], cwd=ROOT)
     assert ignored.returncode == 0, ".whl/ must be git-ignored (the wheels travel untracked, 64 MiB at most)"
+
+
+def _run_organism_gpu_sweep(out: Path, **env) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", str(BENCH / "organism" / "run_gpu_sweep.sh"), str(out)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "CPU_CHECK": "1", **env})
+
+
+@pytest.mark.slow
+def test_organism_gpu_sweep_cpu_check_packs_finished_cells(tmp_path):
+    """The prepared GPU sweep in its CPU form: two 2-step cells of the real checkpoint, packed into one archive."""
+    import tarfile
+
+    run = _run_organism_gpu_sweep(tmp_path / "out")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with tarfile.open(tmp_path / "out" / "organism_sampled_gpu.tar.gz") as archive:
+        names = archive.getnames()
+        cell = json.load(archive.extractfile("organism_sampled_gpu/cells/organism__coupled__s0.json"))
+        budget = json.load(archive.extractfile("organism_sampled_gpu/budget.json"))
+    assert "organism_sampled_gpu/cells/organism__uniform__s0.json" in names
+    assert not any("/runs/" in n for n in names)  # no training runs travel back
+    assert budget["eval_samples"] == 2 and budget["device"] == "cpu"
+    assert 0 <= cell["final_sampled_accuracy"] <= 1 and len(cell["accuracy_curve"]) == 2
+    assert (tmp_path / "out" / "gpu_sweep.log").read_text().count("packed 2 finished cells") == 1
+
+
+@pytest.mark.slow
+def test_organism_gpu_sweep_stops_at_its_deadline_and_still_packs(tmp_path):
+    run = _run_organism_gpu_sweep(tmp_path / "out", TOTAL_S="48")  # about 5 s for the sweep: no cell finishes
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "sweep rc=124" in run.stdout and "packed 0 finished cells" in run.stdout
+    assert (tmp_path / "out" / "organism_sampled_gpu.tar.gz").stat().st_size > 0
