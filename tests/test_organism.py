@@ -414,6 +414,7 @@ def test_sweep_summary_of_a_sampled_budget_tests_the_sampled_metric(tmp_path):
     assert "Primary metric: final sampled" in text and "greedy 25.0%, sampled 15.0%" in text
     assert "| coupled | 3 | 25.1" in text  # the primary column is the sampled metric
     assert "| 2 | 20.2 | 21.2 |" in text  # the cell matrix shows the primary metric
+    assert "| uniform | 3 | 15.0 | 20.1 | 20.1 |" in text  # the sampled curve from the sampled step 0
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"][0] == "final_sampled_accuracy"
 
 

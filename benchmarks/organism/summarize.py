@@ -225,6 +225,23 @@ def cell_matrix(cells: dict[str, dict[int, dict]], metric: str = "final_accuracy
     return "\n".join(lines)
 
 
+def curve_table(cells: dict[str, dict[int, dict]], base: float | None, key: str = "accuracy") -> str:
+    """Held-out ``key`` (%) at every evaluated step, mean over each strategy's analysed seeds (step 0: ``base``)."""
+    strategies = [s for s in sorted(cells, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
+                  if analysed_seeds(s, cells)]
+    if not strategies:
+        return ""
+    curves = {s: [{p["step"]: p[key] for p in cells[s][seed]["accuracy_curve"]} for seed in analysed_seeds(s, cells)]
+              for s in strategies}
+    steps = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
+    lines = ["| strategy | seeds | step 0 | " + " | ".join(f"step {t}" for t in steps) + " |",
+             "|---" * (len(steps) + 3) + "|"]
+    for s, runs in curves.items():
+        lines.append(f"| {s} | {len(runs)} | {_pct(base)} | "
+                     + " | ".join(_pct(statistics.fmean(run[t] for run in runs)) for t in steps) + " |")
+    return "\n".join(lines)
+
+
 def _moving_average(values: list[float], width: int) -> list[float]:
     return [statistics.fmean(values[max(0, i - width + 1): i + 1]) for i in range(len(values))]
 
@@ -318,6 +335,9 @@ def summarize(out: Path) -> list[dict]:
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
                                     f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
                                     f"{cell_matrix(cells, metrics[0])}\n\n"
+                                    f"Held-out {'sampled' if curve_key(budget) == 'sampled_accuracy' else 'greedy'} "
+                                    "accuracy (%) by step, mean over the analysed seeds:\n\n"
+                                    f"{curve_table(cells, base.get(curve_key(budget)), curve_key(budget))}\n\n"
                                     "![held-out accuracy and training reward](learning_curves.png)\n\n"
                                     "![where the amplified tokens sit](credit_positions.png)\n")
     key = curve_key(budget)
