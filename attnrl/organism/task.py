@@ -1,7 +1,8 @@
 r"""The organism's task: Countdown with 3-4 numbers, solved by a written search (docs/methods.md §1.4).
 
-Problems come from ``reasoning_gym``'s Countdown generator (numbers, target, one reference expression) and every
-accepted answer is scored by its verifier (``CountdownDataset.score_answer``). The written solution is ours: a
+Problems come from ``reasoning_gym``'s Countdown generator (numbers, target, one reference expression); answers are
+checked by an exact parser of our own (:func:`verify_trace`), whose verdicts agree with reasoning_gym's verifier
+(``CountdownDataset.score_answer``, tested) without importing it at training time. The written solution is ours: a
 depth-first search whose lines each try one path, e.g. for ``12 7 5 -> 95``::
 
     12*5=60 [7 60] 60+7=67 60-7=53 60*7=420 x
