@@ -44,6 +44,11 @@ def metrics_of(budget: dict) -> tuple[str, ...]:
 def curve_key(budget: dict) -> str:
     """The accuracy-curve entry of the primary metric."""
     return "sampled_accuracy" if budget.get("eval_samples") else "accuracy"
+
+
+def _kind(key: str) -> str:
+    """'sampled' or 'greedy': the evaluation an accuracy-curve entry comes from."""
+    return "sampled" if key == "sampled_accuracy" else "greedy"
 CHAR_CLASSES = ("digit", "operator", "equals", "pool", "newline", "fail")  # sweep.CHAR_CLASSES' names
 
 
@@ -270,8 +275,7 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path, key:
         mean_reward = [statistics.fmean(r[i] for r in rewards) for i in range(n)]
         reward_ax.plot(range(1, n + 1), _moving_average(mean_reward, 10), label=strategy, linewidth=width)
     acc_ax.set_xlabel("GRPO step")
-    acc_ax.set_ylabel(f"held-out {'sampled' if key == 'sampled_accuracy' else 'greedy'} accuracy (%), "
-                      "mean over seeds")
+    acc_ax.set_ylabel(f"held-out {_kind(key)} accuracy (%), mean over seeds")
     reward_ax.set_xlabel("GRPO step")
     reward_ax.set_ylabel("training reward (10-step moving mean, mean over seeds)")
     for ax in (acc_ax, reward_ax):
@@ -321,7 +325,7 @@ def summarize(out: Path) -> list[dict]:
     base_path = out / "base__organism.json"
     base = json.loads(base_path.read_text()) if base_path.exists() else {}
     budget = json.loads((out / "budget.json").read_text()) if (out / "budget.json").exists() else {}
-    metrics = metrics_of(budget)
+    metrics, key = metrics_of(budget), curve_key(budget)
     table, versus = rows(cells, metrics), scaled_vs_default(cells, metrics)
     text = markdown(table, versus, base, metrics)
     finished = {s: sorted(c) for s, c in cells.items()}
@@ -335,12 +339,10 @@ def summarize(out: Path) -> list[dict]:
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
                                     f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
                                     f"{cell_matrix(cells, metrics[0])}\n\n"
-                                    f"Held-out {'sampled' if curve_key(budget) == 'sampled_accuracy' else 'greedy'} "
-                                    "accuracy (%) by step, mean over the analysed seeds:\n\n"
-                                    f"{curve_table(cells, base.get(curve_key(budget)), curve_key(budget))}\n\n"
+                                    f"Held-out {_kind(key)} accuracy (%) by step, mean over the analysed seeds:\n\n"
+                                    f"{curve_table(cells, base.get(key), key)}\n\n"
                                     "![held-out accuracy and training reward](learning_curves.png)\n\n"
                                     "![where the amplified tokens sit](credit_positions.png)\n")
-    key = curve_key(budget)
     plot(cells, base.get(key), out / "learning_curves.png", key)
     plot_positions(table, out / "credit_positions.png")
     print(text)
