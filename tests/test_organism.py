@@ -416,6 +416,42 @@ def test_sweep_summary_of_a_sampled_budget_tests_the_sampled_metric(tmp_path):
     assert "| 2 | 20.2 | 21.2 |" in text  # the cell matrix shows the primary metric
     assert "| uniform | 3 | 15.0 | 20.1 | 20.1 |" in text  # the sampled curve from the sampled step 0
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"][0] == "final_sampled_accuracy"
+    # 3 seeds, every difference +5 points: the sign test cannot reach 0.05, the CI reaches past +2 points
+    assert coupled["final_sampled_accuracy_verdict"]["verdict"] == "inconclusive"
+    assert "provisional: 3 of 12 seeds complete" in text and "- coupled: **inconclusive**" in text
+    assert json.loads((tmp_path / "summary.json").read_text())["answer"] == "inconclusive"
+
+
+def _diff(mean: float, lo: float, hi: float, p: float, holm_p: float) -> dict:
+    return {"mean": mean, "ci95": [lo, hi], "sign_test_p": p, "holm_p": holm_p}
+
+
+def test_sweep_verdicts_follow_amendment_2():
+    summarize = _load_summarize()
+    verdict = summarize.verdict
+    assert verdict(None) is None
+    better = verdict(_diff(0.03, 0.01, 0.05, 0.006, 0.03))
+    assert better == {"verdict": "better", "holm": True, "gain_bound": 0.05, "loss_bound": 0.01}
+    assert verdict(_diff(0.03, 0.01, 0.05, 0.006, 0.2))["holm"] is False  # better on the uncorrected p only
+    assert verdict(_diff(0.03, 0.01, 0.05, 0.07, 0.2))["verdict"] == "inconclusive"  # CI above 0, sign test not
+    assert verdict(_diff(-0.03, -0.05, -0.01, 0.006, 0.03))["verdict"] == "worse"
+    assert verdict(_diff(0.002, -0.01, 0.015, 0.8, 1.0))["verdict"] == "no gain >= 2 points"
+    assert verdict(_diff(-0.02, -0.04, 0.001, 0.07, 0.4))["verdict"] == "no gain >= 2 points"  # a loss not excluded
+    assert verdict(_diff(0.01, -0.005, 0.02, 0.4, 1.0))["verdict"] == "inconclusive"  # +2 points not excluded
+
+    def table(*labels, holm=True):
+        names = summarize.ATTENTION_STRATEGIES
+        return [{"strategy": n, "final_sampled_accuracy_verdict": {"verdict": v, "holm": holm}}
+                for n, v in zip(names, labels)]
+
+    answer = summarize.overall_answer
+    assert answer(table("better", "inconclusive", "worse", "worse"), "final_sampled_accuracy") == "yes"
+    assert answer(table("better", "inconclusive", "inconclusive", "worse", holm=False),
+                  "final_sampled_accuracy") == "inconclusive"
+    assert answer(table(*["no gain >= 2 points"] * 4), "final_sampled_accuracy") == "no effect as large as the papers'"
+    assert answer(table("worse", "no gain >= 2 points", "no gain >= 2 points", "inconclusive"),
+                  "final_sampled_accuracy") == "mixed"
+    assert answer(table("better", "better", "better"), "final_sampled_accuracy") is None  # one strategy missing
 
 
 def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):

@@ -49,7 +49,14 @@ def curve_key(budget: dict) -> str:
 def _kind(key: str) -> str:
     """'sampled' or 'greedy': the evaluation an accuracy-curve entry comes from."""
     return "sampled" if key == "sampled_accuracy" else "greedy"
+
+
 CHAR_CLASSES = ("digit", "operator", "equals", "pool", "newline", "fail")  # sweep.CHAR_CLASSES' names
+# PREREGISTRATION.md, amendment 2: the smallest effect of interest (fraction of held-out problems) and the
+# strategies the study's one-sentence answer rests on.
+SMALLEST_EFFECT = 0.02
+ATTENTION_STRATEGIES = ("global_anchor", "global_anchor_scaled", "coupled", "coupled_scaled")
+PLANNED_SEEDS = 12
 
 
 def load_cells(out: Path) -> dict[str, dict[int, dict]]:
@@ -89,6 +96,66 @@ def paired(metric: str, a_cells: dict[int, dict], b_cells: dict[int, dict], seed
             "mdd80": minimum_detectable_difference(diffs) if len(set(diffs)) > 1 else 0.0}
 
 
+def verdict(diff: dict | None, smallest_effect: float = SMALLEST_EFFECT) -> dict | None:
+    """The pre-registered verdict (amendment 2) on one paired difference against uniform.
+
+    ``diff``: a :func:`paired` result with ``holm_p``. Returns ``{"verdict", "holm", "gain_bound", "loss_bound"}``:
+    ``verdict`` is ``better`` / ``worse`` (CI on one side of 0 and sign-test p < 0.05; ``holm`` says whether the
+    Holm-adjusted p is below 0.05 too), ``no gain >= 2 points`` (CI upper bound below ``smallest_effect``) or
+    ``inconclusive``; the bounds are the CI's ends (the largest gain and loss consistent with the data).
+    """
+    if not diff:
+        return None
+    lo, hi = diff["ci95"]
+    p, holm_p = diff["sign_test_p"], diff.get("holm_p", 1.0)
+    if lo > 0 and p < 0.05:
+        label = "better"
+    elif hi < 0 and p < 0.05:
+        label = "worse"
+    elif hi < smallest_effect:
+        label = f"no gain >= {100 * smallest_effect:g} points"
+    else:
+        label = "inconclusive"
+    return {"verdict": label, "holm": label in ("better", "worse") and holm_p < 0.05, "gain_bound": hi,
+            "loss_bound": lo}
+
+
+def overall_answer(table: list[dict], metric: str) -> str | None:
+    """The study's answer (amendment 2) from the attention strategies' verdicts on ``metric``: ``yes``,
+    ``no effect as large as the papers'``, ``mixed``, or ``inconclusive`` (None before every one has a verdict)."""
+    verdicts = [r.get(f"{metric}_verdict") for r in table if r["strategy"] in ATTENTION_STRATEGIES]
+    if len(verdicts) < len(ATTENTION_STRATEGIES) or not all(verdicts):
+        return None
+    if any(v["verdict"] == "better" and v["holm"] for v in verdicts):
+        return "yes"
+    if all(v["verdict"].startswith("no gain") for v in verdicts):
+        return "no effect as large as the papers'"
+    if any(v["verdict"] == "worse" and v["holm"] for v in verdicts):
+        return "mixed"
+    return "inconclusive"
+
+
+def conclusion(table: list[dict], metric: str) -> str:
+    """Plain-language lines of the verdicts, marked provisional until every core strategy has all planned seeds."""
+    core = [r for r in table if r["pass"] == "core" and r.get(f"{metric}_verdict")]
+    if not core:
+        return ""
+    seeds = len(core[0]["seeds"])
+    status = "final" if seeds >= PLANNED_SEEDS else f"provisional: {seeds} of {PLANNED_SEEDS} seeds complete"
+    lines = [f"Pre-registered verdicts on the {LABELS[metric]} accuracy against uniform ({status}; PREREGISTRATION.md, "
+             f"amendment 2, smallest effect of interest {100 * SMALLEST_EFFECT:g} points):", ""]
+    for r in core:
+        v = r[f"{metric}_verdict"]
+        holm = " (also after Holm)" if v["holm"] else " (uncorrected p only)" if v["verdict"] in ("better", "worse") \
+            else ""
+        lines.append(f"- {r['strategy']}: **{v['verdict']}**{holm}; consistent with the data: from "
+                     f"{_pct(v['loss_bound'], True)} to {_pct(v['gain_bound'], True)} points.")
+    answer = overall_answer(table, metric)
+    if answer:
+        lines += ["", f"Does attention credit help (the four attention strategies together)? **{answer}** ({status})."]
+    return "\n".join(lines)
+
+
 def mean_ci(values: list[float]) -> dict:
     from attnrl.analysis.stats import bootstrap_ci
 
@@ -125,6 +192,8 @@ def rows(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_ME
         if family:
             for r, adj in zip(family, holm_adjust([r[f"{metric}_vs_uniform"]["sign_test_p"] for r in family])):
                 r[f"{metric}_vs_uniform"]["holm_p"] = adj
+        for r in out:
+            r[f"{metric}_verdict"] = verdict(r[f"{metric}_vs_uniform"]) if r["pass"] == "core" else None
     return out
 
 
@@ -197,6 +266,9 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
                      + "".join(f"{_pct(r[m]['mean'])} | {_diff(r[f'{m}_vs_uniform'], False, holm=False)} | "
                                for m in reported)
                      + f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
+    verdicts = conclusion(table, primary) if primary in SAMPLED_METRICS else ""  # amendment 2 covers budget B
+    if verdicts:
+        lines += ["", verdicts]
     amplifying = [r for r in table if r["amplified_frac"]]
     if amplifying:
         lines += ["", "Where the amplified tokens (gamma > 1) sit, over all training rollouts: the share of tokens "
@@ -334,7 +406,9 @@ def summarize(out: Path) -> list[dict]:
                                                                   if k in base},
                                                   "metrics": list(metrics), "finished_cells": finished,
                                                   "complete_core_seeds": complete_seeds(cells), "rows": table,
-                                                  "scaled_vs_default": versus}, indent=1))
+                                                  "scaled_vs_default": versus,
+                                                  "answer": overall_answer(table, metrics[0])
+                                                  if metrics[0] in SAMPLED_METRICS else None}, indent=1))
     (out / "summary.md").write_text(f"# Organism credit sweep\n\nbudget: `{json.dumps(budget)}`\n\n"
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
                                     f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
