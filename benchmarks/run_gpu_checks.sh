@@ -51,9 +51,9 @@ LOG="$OUT_DIR/gpu_checks.log"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
+source benchmarks/gpu_env.sh
 PKG="$(mktemp -d)"
-cp -r attnrl "$PKG/attnrl" && cp -r kernels "$PKG/attnrl/kernels" && cp -r rewards "$PKG/attnrl/rewards"
-cp -r tests pyproject.toml "$PKG/"
+layout_package "$PKG" && cp -r tests pyproject.toml "$PKG/"
 export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 START=$SECONDS
@@ -90,9 +90,8 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,
 if [[ -d .whl ]] && ls .whl/*.whl > /dev/null 2>&1; then
   SITE="$(mktemp -d)"
   # --python-version: the wheels are for the GPU machine's CPython 3.12 (a CPU check elsewhere installs them too)
-  step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    --python-version 3.12 --only-binary=:all: .whl/*.whl
-  if ((WHEELS_RC == 0)) && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  step wheels "$PY" "${WHEEL_INSTALL_ARGS[@]}" --target "$SITE" .whl/*.whl
+  if ((WHEELS_RC == 0)) && wheels_match "$PY"; then
     export PYTHONPATH="$PYTHONPATH:$SITE"
     echo "$(ls .whl | wc -l) wheels in $SITE, on PYTHONPATH"
   else

@@ -42,12 +42,13 @@ fi
 echo "attnrl organism GPU sweep $(date -u +%FT%TZ), CPU_CHECK=$CPU_CHECK, JOBS=$JOBS, TOTAL_S=$TOTAL_S"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-PKG="$(mktemp -d)"  # the source tree laid out as the installed package (attnrl.kernels, attnrl.rewards)
-cp -r attnrl "$PKG/attnrl" && cp -r kernels "$PKG/attnrl/kernels" && cp -r rewards "$PKG/attnrl/rewards"
+source benchmarks/gpu_env.sh
+PKG="$(mktemp -d)"
+layout_package "$PKG"
 export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [[ "$CPU_CHECK" != 1 ]] && ls .whl/*.whl > /dev/null 2>&1; then
+if [[ "$CPU_CHECK" != 1 ]] && ls .whl/*.whl > /dev/null 2>&1 && wheels_match "$PY"; then
   SITE="$(mktemp -d)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+  "$PY" "${WHEEL_INSTALL_ARGS[@]}" --target "$SITE" .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:$SITE" && echo "$(ls .whl | wc -l) wheels installed in $SITE"
 fi
 "$PY" -c 'import platform, torch, transformers, trl; print("python", platform.python_version(), "torch",
