@@ -484,4 +484,5 @@ def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):
     assert "| coupled | 3 | 35.1" in text
     assert "| 3 | 30.3 | 31.3 | 32.3 | 33.3 | 34.3 |  | 36.3 | 30.3 |" in text  # seed 3 in the cell matrix
     assert (tmp_path / "credit_positions.png").stat().st_size > 0
+    assert (tmp_path / "paired_differences.png").stat().st_size > 0 and "paired_differences.png" in text
     assert set(summarize.CHAR_CLASSES) == set(sweep.CHAR_CLASSES)

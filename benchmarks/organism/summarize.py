@@ -359,6 +359,38 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path, key:
     plt.close(fig)
 
 
+def plot_differences(table: list[dict], metric: str, path: Path) -> None:
+    """Forest plot of the paired differences to uniform on ``metric``: one row per strategy, each seed's difference
+    as a dot, the mean with its bootstrap 95% CI as a bar, the smallest effect of interest as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    compared = [r for r in table if r.get(f"{metric}_vs_uniform")]
+    if not compared:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(compared) + 1.4))
+    for y, r in enumerate(reversed(compared)):
+        d = r[f"{metric}_vs_uniform"]
+        ax.scatter([100 * x for x in d["diffs"]], [y] * len(d["diffs"]), s=12, color="0.55", zorder=2)
+        lo, hi = d["ci95"]
+        ax.errorbar(100 * d["mean"], y, xerr=[[100 * (d["mean"] - lo)], [100 * (hi - d["mean"])]], fmt="o",
+                    color="C0" if r["pass"] == "core" else "C1", capsize=4, zorder=3)
+    ax.set_yticks(range(len(compared)), [r["strategy"] for r in reversed(compared)])
+    ax.axvline(0, color="k", linewidth=0.8)
+    for x in (-100 * SMALLEST_EFFECT, 100 * SMALLEST_EFFECT):
+        ax.axvline(x, color="k", linewidth=0.8, linestyle="--")
+    seeds = len(compared[0][f"{metric}_vs_uniform"]["seeds"])
+    ax.set_xlabel(f"{LABELS[metric]} accuracy minus uniform's, same seed (points)")
+    ax.set_title(f"paired differences over {seeds} seeds: dots: seeds; bar: mean, 95% CI; dashed: ±2 points",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_positions(table: list[dict], path: Path) -> None:
     """Amplification rate by tenth of the answer and by character class, one line / bar group per strategy."""
     import matplotlib
@@ -416,9 +448,12 @@ def summarize(out: Path) -> list[dict]:
                                     f"Held-out {_kind(key)} accuracy (%) by step, mean over the analysed seeds:\n\n"
                                     f"{curve_table(cells, base.get(key), key)}\n\n"
                                     "![held-out accuracy and training reward](learning_curves.png)\n\n"
+                                    + ("![paired differences to uniform](paired_differences.png)\n\n"
+                                       if any(r.get(f"{metrics[0]}_vs_uniform") for r in table) else "") +
                                     "![where the amplified tokens sit](credit_positions.png)\n")
     plot(cells, base.get(key), out / "learning_curves.png", key)
     plot_positions(table, out / "credit_positions.png")
+    plot_differences(table, metrics[0], out / "paired_differences.png")
     print(text)
     return table
 
