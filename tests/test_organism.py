@@ -418,8 +418,12 @@ def test_sweep_summary_of_a_sampled_budget_tests_the_sampled_metric(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"][0] == "final_sampled_accuracy"
     # 3 seeds, every difference +5 points: the sign test cannot reach 0.05, the CI reaches past +2 points
     assert coupled["final_sampled_accuracy_verdict"]["verdict"] == "inconclusive"
-    assert "provisional: 3 of 12 seeds complete" in text and "- coupled: **inconclusive**" in text
+    assert "not shown before 6 complete seeds (3 of 12 now)" in text and "- coupled:" not in text
     assert json.loads((tmp_path / "summary.json").read_text())["answer"] == "inconclusive"
+    table = [dict(r, seeds=list(range(7))) for r in table.values()]
+    text = summarize.conclusion(table, "final_sampled_accuracy")
+    assert "provisional: 7 of 12 seeds complete" in text and "- coupled: **inconclusive**" in text
+    assert "**inconclusive** (provisional" in text
 
 
 def _diff(mean: float, lo: float, hi: float, p: float, holm_p: float) -> dict:

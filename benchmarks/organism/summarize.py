@@ -57,6 +57,7 @@ CHAR_CLASSES = ("digit", "operator", "equals", "pool", "newline", "fail")  # swe
 SMALLEST_EFFECT = 0.02
 ATTENTION_STRATEGIES = ("global_anchor", "global_anchor_scaled", "coupled", "coupled_scaled")
 PLANNED_SEEDS = 12
+MIN_SEEDS_FOR_VERDICTS = 6  # below it a percentile-bootstrap CI is little more than the range of the differences
 
 
 def load_cells(out: Path) -> dict[str, dict[int, dict]]:
@@ -141,6 +142,10 @@ def conclusion(table: list[dict], metric: str) -> str:
     if not core:
         return ""
     seeds = len(core[0]["seeds"])
+    if seeds < MIN_SEEDS_FOR_VERDICTS:
+        return (f"Pre-registered verdicts (PREREGISTRATION.md, amendment 2): not shown before {MIN_SEEDS_FOR_VERDICTS} "
+                f"complete seeds ({seeds} of {PLANNED_SEEDS} now); with fewer, a bootstrap CI over seeds is about "
+                "the range of the seeds' differences and understates the uncertainty.")
     status = "final" if seeds >= PLANNED_SEEDS else f"provisional: {seeds} of {PLANNED_SEEDS} seeds complete"
     lines = [f"Pre-registered verdicts on the {LABELS[metric]} accuracy against uniform ({status}; PREREGISTRATION.md, "
              f"amendment 2, smallest effect of interest {100 * SMALLEST_EFFECT:g} points):", ""]
