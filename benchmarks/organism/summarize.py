@@ -197,8 +197,10 @@ def rows(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_ME
         if family:
             for r, adj in zip(family, holm_adjust([r[f"{metric}_vs_uniform"]["sign_test_p"] for r in family])):
                 r[f"{metric}_vs_uniform"]["holm_p"] = adj
+    primary = SAMPLED_METRICS[0]  # amendment 2 gives verdicts on budget B's primary metric only
+    if primary in metrics:
         for r in out:
-            r[f"{metric}_verdict"] = verdict(r[f"{metric}_vs_uniform"]) if r["pass"] == "core" else None
+            r[f"{primary}_verdict"] = verdict(r[f"{primary}_vs_uniform"]) if r["pass"] == "core" else None
     return out
 
 
@@ -271,7 +273,7 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
                      + "".join(f"{_pct(r[m]['mean'])} | {_diff(r[f'{m}_vs_uniform'], False, holm=False)} | "
                                for m in reported)
                      + f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
-    verdicts = conclusion(table, primary) if primary in SAMPLED_METRICS else ""  # amendment 2 covers budget B
+    verdicts = conclusion(table, primary)
     if verdicts:
         lines += ["", verdicts]
     amplifying = [r for r in table if r["amplified_frac"]]
@@ -364,9 +366,10 @@ def plot(cells: dict[str, dict[int, dict]], base: float | None, path: Path, key:
     plt.close(fig)
 
 
-def plot_differences(table: list[dict], metric: str, path: Path) -> None:
+def plot_differences(table: list[dict], metric: str, path: Path) -> bool:
     """Forest plot of the paired differences to uniform on ``metric``: one row per strategy, each seed's difference
-    as a dot, the mean with its bootstrap 95% CI as a bar, the smallest effect of interest as dashed lines."""
+    as a dot, the mean with its bootstrap 95% CI as a bar, the smallest effect of interest as dashed lines.
+    Returns whether there was anything to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,7 +377,7 @@ def plot_differences(table: list[dict], metric: str, path: Path) -> None:
 
     compared = [r for r in table if r.get(f"{metric}_vs_uniform")]
     if not compared:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(compared) + 1.4))
     for y, r in enumerate(reversed(compared)):
         d = r[f"{metric}_vs_uniform"]
@@ -394,6 +397,7 @@ def plot_differences(table: list[dict], metric: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def plot_positions(table: list[dict], path: Path) -> None:
@@ -438,14 +442,16 @@ def summarize(out: Path) -> list[dict]:
     table, versus = rows(cells, metrics), scaled_vs_default(cells, metrics)
     text = markdown(table, versus, base, metrics)
     finished = {s: sorted(c) for s, c in cells.items()}
+    plot(cells, base.get(key), out / "learning_curves.png", key)
+    plot_positions(table, out / "credit_positions.png")
+    drew_differences = plot_differences(table, metrics[0], out / "paired_differences.png")
     (out / "summary.json").write_text(json.dumps({"budget": budget, "base": base.get("accuracy"),
                                                   "base_scores": {k: base[k] for k in ("accuracy", "sampled_accuracy")
                                                                   if k in base},
                                                   "metrics": list(metrics), "finished_cells": finished,
                                                   "complete_core_seeds": complete_seeds(cells), "rows": table,
                                                   "scaled_vs_default": versus,
-                                                  "answer": overall_answer(table, metrics[0])
-                                                  if metrics[0] in SAMPLED_METRICS else None}, indent=1))
+                                                  "answer": overall_answer(table, metrics[0])}, indent=1))
     (out / "summary.md").write_text(f"# Organism credit sweep\n\nbudget: `{json.dumps(budget)}`\n\n"
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
                                     f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
@@ -454,11 +460,8 @@ def summarize(out: Path) -> list[dict]:
                                     f"{curve_table(cells, base.get(key), key)}\n\n"
                                     "![held-out accuracy and training reward](learning_curves.png)\n\n"
                                     + ("![paired differences to uniform](paired_differences.png)\n\n"
-                                       if any(r.get(f"{metrics[0]}_vs_uniform") for r in table) else "") +
+                                       if drew_differences else "") +
                                     "![where the amplified tokens sit](credit_positions.png)\n")
-    plot(cells, base.get(key), out / "learning_curves.png", key)
-    plot_positions(table, out / "credit_positions.png")
-    plot_differences(table, metrics[0], out / "paired_differences.png")
     print(text)
     return table
 
