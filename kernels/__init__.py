@@ -2,16 +2,45 @@
 
 ``attention_statistics`` is the only entry point the rest of attnrl uses; it picks Triton on CUDA tensors when
 Triton is installed and the chunked PyTorch path everywhere else (docs/methods.md §1.2, §2).
+
+This folder installs as ``attnrl.kernels`` (pyproject.toml's package-dir). When Python runs from the root of a
+checkout (``python -m pytest``, ``python -c ...``), the root is first on ``sys.path`` and this folder would also
+answer to the top-level name ``kernels`` — the name of the Hugging Face Hub's kernel package, which transformers
+(5.25 and later require it) imports at start-up. Imported under that name, this file hands the name over to the
+installed Hub package instead of shadowing it (``_hand_over_to_hub_kernels``).
 """
 
-from .dispatch import attention_statistics, available_backends
-from .reference import AttentionStats, StatsSpec, attention_statistics_torch, fai_counts
+if __name__ == "kernels":
+    from importlib import machinery as _machinery
+    from importlib import util as _util
+    import os as _os
+    import sys as _sys
 
-__all__ = [
-    "AttentionStats",
-    "StatsSpec",
-    "attention_statistics",
-    "attention_statistics_torch",
-    "available_backends",
-    "fai_counts",
-]
+    def _hand_over_to_hub_kernels() -> None:
+        """Load the installed Hub ``kernels`` package (skipping this checkout) and bind it to ``sys.modules['kernels']``."""
+        checkout_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+        search_path = [p for p in _sys.path if _os.path.abspath(p or _os.getcwd()) != checkout_root]
+        spec = _machinery.PathFinder.find_spec("kernels", search_path)
+        if spec is None or spec.loader is None:
+            raise ImportError(
+                "`import kernels` found attnrl's kernels/ folder of this checkout, not the Hugging Face `kernels` "
+                "package (transformers needs it): install it with `pip install kernels`, and import attnrl's "
+                "kernels as `attnrl.kernels`."
+            )
+        module = _util.module_from_spec(spec)
+        _sys.modules["kernels"] = module  # the import statement returns whatever sys.modules holds at the end
+        spec.loader.exec_module(module)
+
+    _hand_over_to_hub_kernels()
+else:
+    from .dispatch import attention_statistics, available_backends
+    from .reference import AttentionStats, StatsSpec, attention_statistics_torch, fai_counts
+
+    __all__ = [
+        "AttentionStats",
+        "StatsSpec",
+        "attention_statistics",
+        "attention_statistics_torch",
+        "available_backends",
+        "fai_counts",
+    ]
