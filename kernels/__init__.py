@@ -11,24 +11,24 @@ installed Hub package instead of shadowing it (``_hand_over_to_hub_kernels``).
 """
 
 if __name__ == "kernels":
-    from importlib import machinery as _machinery
-    from importlib import util as _util
-    import os as _os
-    import sys as _sys
 
     def _hand_over_to_hub_kernels() -> None:
         """Load the installed Hub ``kernels`` package (skipping this checkout) and bind it to ``sys.modules['kernels']``."""
-        checkout_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-        search_path = [p for p in _sys.path if _os.path.abspath(p or _os.getcwd()) != checkout_root]
-        spec = _machinery.PathFinder.find_spec("kernels", search_path)
+        import os
+        import sys
+        from importlib import machinery, util
+
+        checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        search_path = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != checkout_root]
+        spec = machinery.PathFinder.find_spec("kernels", search_path)
         if spec is None or spec.loader is None:
             raise ImportError(
                 "`import kernels` found attnrl's kernels/ folder of this checkout, not the Hugging Face `kernels` "
                 "package (transformers needs it): install it with `pip install kernels`, and import attnrl's "
                 "kernels as `attnrl.kernels`."
             )
-        module = _util.module_from_spec(spec)
-        _sys.modules["kernels"] = module  # the import statement returns whatever sys.modules holds at the end
+        module = util.module_from_spec(spec)
+        sys.modules["kernels"] = module  # the import statement returns whatever sys.modules holds at the end
         spec.loader.exec_module(module)
 
     _hand_over_to_hub_kernels()

@@ -1,6 +1,6 @@
 """The repo's top-level kernels/ folder must not shadow the Hub's `kernels` package that transformers imports."""
 
-import importlib.util
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -19,7 +19,16 @@ def _run_from_checkout_root(code: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kernels") is None, reason="the Hub's `kernels` package is not installed")
+def _hub_kernels_installed() -> bool:
+    """Whether the Hub's `kernels` distribution is installed (by metadata: a path search would find kernels/ here)."""
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _hub_kernels_installed(), reason="the Hub's `kernels` package is not installed")
 def test_top_level_kernels_name_resolves_to_the_hub_package_from_the_checkout_root():
     result = _run_from_checkout_root(
         "import kernels, attnrl.kernels as ours\n"
