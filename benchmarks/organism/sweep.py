@@ -47,6 +47,10 @@ def _learning_sweep():
 
 
 learning_sweep = _learning_sweep()
+sys.path.insert(0, str(HERE))
+from oracle import DOSES, oracle_gamma, oracle_mask  # noqa: E402  (the study's own module, beside this script)
+
+from attnrl.trainers.grpo import UNSHAPED_ADVANTAGES  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "results" / "organism"
 TASK = "organism"
@@ -64,9 +68,13 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "random": ("random", {}, {}),
     "local_chunk": ("local_chunk", {}, {}),
     "local_chunk_scaled": ("local_chunk", SCALED, {}),
+    # the positive control (amendment 3): gamma from oracle.py in place of the uniform strategy's, per dose
+    "oracle": ("uniform", {}, {}),
+    "oracle_strong": ("uniform", {}, {}),
 }
 CORE = ("uniform", "entropy", "trl_top_entropy", "global_anchor", "global_anchor_scaled", "coupled", "coupled_scaled")
 EXTRA = ("random", "local_chunk", "local_chunk_scaled")
+CONTROL = ("oracle", "oracle_strong", "random")  # amendment 3: the positive control and the random arm
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,37 @@ def summarize_positions(records: list[dict]) -> dict:
     return {"counts": total, **summary}
 
 
+def apply_oracle(batch, problems, tokenizer, gamma_amp: float, checks: dict, metrics: dict):
+    """The oracle's gamma (B, Tc) for a scored batch (its unshaped group advantages), with its credit metrics.
+
+    ``checks`` counts rows, amplified rows and how many positive-advantage rows the verifier accepts (all of them,
+    when the batch's rows and ``problems`` are aligned: the cell records it as a check of the wiring).
+    """
+    from attnrl.organism.task import verify_trace
+
+    advantages = batch.get(UNSHAPED_ADVANTAGES, batch["advantages"])
+    if advantages.dim() != 1:
+        raise RuntimeError("the oracle needs the group advantages (B,) of the batch")
+    mask = oracle_mask(batch["completion_ids"], batch["completion_mask"], advantages, problems, tokenizer)
+    response = batch["completion_mask"].bool()
+    for i in torch_nonzero(advantages > 0):
+        ids = batch["completion_ids"][i][response[i]].tolist()
+        checks["positive_rows"] += 1
+        checks["positive_rows_verified"] += int(verify_trace(tokenizer.decode(ids, skip_special_tokens=True),
+                                                             *problems[i]))
+    checks["rows"] += len(problems)
+    checks["rows_amplified"] += int(mask.any(1).sum())
+    gamma = oracle_gamma(mask, gamma_amp)
+    n = response.sum().clamp(min=1)
+    metrics["credit/amplified_frac"] = (mask.sum() / n).item()
+    metrics["credit/gamma_mean"] = ((gamma * response).sum() / n).item()
+    return gamma
+
+
+def torch_nonzero(flags) -> list[int]:
+    return [int(i) for i in flags.nonzero().flatten()]
+
+
 LOG_KEYS = ("reward", "reward_std", "loss", "entropy", "completions/mean_length", "completions/min_length",
             "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
             "frac_reward_zero_std", "credit/amplified_frac", "credit/gamma_mean", "credit/dominated_anchor_frac",
@@ -267,10 +306,20 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
     curve: list[dict] = []
     positions: list[dict] = []
 
+    oracle_dose = DOSES.get(strategy)
+    oracle_checks = {"positive_rows": 0, "positive_rows_verified": 0, "rows_amplified": 0, "rows": 0}
+
     class Trainer(AttnGRPOTrainer):
-        """Keeps where each batch's amplified tokens sit (the credit result itself is unchanged)."""
+        """Keeps where each batch's amplified tokens sit; in the oracle arms, gamma comes from oracle.py."""
+
+        def _generate_and_score_completions(self, inputs):
+            self._problems = [(row["numbers"], row["target"]) for row in inputs]  # the batch's rows, in order
+            return super()._generate_and_score_completions(inputs)
 
         def _apply_credit(self, batch, result, mode, seconds=None):
+            if oracle_dose is not None and mode == "train":
+                result.gamma = apply_oracle(batch, self._problems, tokenizer, oracle_dose, oracle_checks,
+                                            result.metrics)
             super()._apply_credit(batch, result, mode, seconds)
             if mode == "train":
                 positions.append(credit_positions(result.gamma, batch["completion_ids"], batch["completion_mask"],
@@ -313,6 +362,7 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
         "train_reward_curve": [e.get("reward") for e in history],
         "completion_length_curve": [e.get("completions/mean_length") for e in history],
         "credit_positions": summarize_positions(positions),
+        **({"oracle_gamma_amp": oracle_dose, "oracle_checks": oracle_checks} if oracle_dose is not None else {}),
         "wall_seconds": round(wall, 1), "train_seconds": round(wall - eval_seconds, 1),
         "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
         "threads": torch.get_num_threads(), "log_history": history,
@@ -343,7 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--strategies", nargs="+", default=list(CORE), choices=list(VARIANTS),
-                        help=f"cells per seed; {list(EXTRA)} where the budget allows")
+                        help=f"cells per seed; {list(EXTRA)} where the budget allows; {list(CONTROL)}: the "
+                             "positive control and random arm of amendment 3")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(12)))
     parser.add_argument("--jobs", type=int, default=2, help="cells run at the same time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
