@@ -285,7 +285,7 @@ def test_sweep_variants_budget_and_curve_area():
     for name, (strategy, credit, trl) in sweep.VARIANTS.items():
         CreditConfig(credit_strategy=strategy, **credit).validate_credit()
         assert set(trl) <= {"top_entropy_quantile"}, name
-    assert set(sweep.CORE) | set(sweep.EXTRA) == set(sweep.VARIANTS)
+    assert set(sweep.CORE) | set(sweep.EXTRA) | set(sweep.CONTROL) == set(sweep.VARIANTS)
     budget = sweep.OrganismBudget(steps=3, learning_rate=1e-3, checkpoint="/c", eval_split="val")
     args = sweep.parse_args(sweep.learning_sweep.budget_args(budget))
     assert sweep.OrganismBudget(**{k: getattr(args, k) for k in sweep.OrganismBudget.__dataclass_fields__}) == budget
@@ -461,7 +461,7 @@ def test_sweep_verdicts_follow_amendment_2():
 def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):
     summarize = _load_summarize()
     sweep = _load_sweep()
-    assert summarize.CORE == sweep.CORE and summarize.EXTRA == sweep.EXTRA
+    assert summarize.CORE == sweep.CORE and summarize.EXTRA == sweep.EXTRA and summarize.CONTROL == sweep.CONTROL
     (tmp_path / "cells").mkdir()
     finals = {s: 0.30 + 0.01 * i for i, s in enumerate(summarize.CORE)}
     for seed in range(4):
@@ -478,7 +478,8 @@ def test_sweep_summary_pairs_complete_seeds_and_adjusts(tmp_path):
     coupled = table["coupled"]["final_accuracy_vs_uniform"]
     assert coupled["mean"] == pytest.approx(0.05) and coupled["wins"] == 3 and coupled["sign_test_p"] == 0.25
     assert coupled["holm_p"] == 1.0  # six comparisons, each p = 0.25
-    assert "holm_p" not in table["random"]["final_accuracy_vs_uniform"]  # not in the pre-registered family
+    random_vs = table["random"]["final_accuracy_vs_uniform"]  # amendment 3's family (here its only member)
+    assert table["random"]["pass"] == "control" and random_vs["holm_p"] == random_vs["sign_test_p"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["complete_core_seeds"] == [0, 1, 2]
     versus = {v["scaled"]: v for v in summary["scaled_vs_default"]}

@@ -116,3 +116,103 @@ def test_oracle_arm_trains_and_checks_its_row_alignment(tmp_path):
     assert checks["rows"] == 2 * 4 * 8 and checks["positive_rows"] > 0
     assert checks["positive_rows_verified"] == checks["positive_rows"] and checks["rows_amplified"] > 0
     assert 0 < cell["credit_positions"]["amplified_frac"] <= 0.4
+
+
+# ------------------------------------------------------------------------------------------------ gradient share
+share = _load("gradient_share")
+
+
+def test_token_gradient_norm_matches_autograd():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    tokens = torch.randint(0, 7, (2, 5))
+    norms = share.token_gradient_norms(logits, tokens)
+    for b in range(2):
+        for t in range(5):
+            (grad,) = torch.autograd.grad(torch.log_softmax(logits[b, t], -1)[tokens[b, t]], logits)
+            assert torch.allclose(norms[b, t], grad[b, t].norm(), atol=1e-6)
+    # a near-certain correct token carries almost no gradient; a surprised one carries up to sqrt(2)
+    sure = torch.tensor([[[10.0, -10.0, -10.0]]])
+    assert share.token_gradient_norms(sure, torch.tensor([[0]])) < 1e-4
+    assert share.token_gradient_norms(sure, torch.tensor([[1]])) > 1.41
+
+
+def test_gradient_share_and_weighted_gamma():
+    weights = torch.tensor([[3.0, 1.0, 0.0, 5.0], [2.0, 2.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # padding weights never count
+    selected = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    assert share.gradient_share(weights, selected, mask) == pytest.approx((3 + 0 + 2) / (3 + 1 + 0 + 2 + 2))
+    gamma = 1.0 + 0.5 * selected.float()
+    assert share.weighted_mean_gamma(weights, gamma, mask) == pytest.approx((1.5 * 3 + 1 + 1.5 * 0 + 2 + 1.5 * 2) / 8)
+    # selecting everything is a common rescale: share 1, weighted gamma = gamma_amp
+    assert share.gradient_share(weights, torch.ones_like(selected), mask) == 1.0
+    assert share.weighted_mean_gamma(weights, torch.full_like(weights, 1.5), mask) == pytest.approx(1.5)
+    assert share.gradient_share(torch.zeros_like(weights), selected, mask) != share.gradient_share(
+        torch.zeros_like(weights), selected, mask)  # NaN when there is no gradient at all
+
+
+def test_group_advantages_and_trl_entropy_mask():
+    adv = share.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), group=4)
+    assert adv[0] > 0 > adv[1] and adv[4:].abs().max() == 0
+    entropy = torch.tensor([[0.1, 0.5, 0.9, 2.0], [0.3, 0.7, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    keep = share.top_entropy_keep(entropy, mask, 0.5)
+    assert keep.tolist() == [[False, False, True, True], [False, True, False, False]]
+
+
+# ------------------------------------------------------------------------------------------------ amendment 3 summary
+summarize = _load("summarize")
+
+
+def _sampled_cell(strategy: str, seed: int, final: float) -> dict:
+    curve = [{"step": 50, "accuracy": final, "sampled_accuracy": final - 0.01},
+             {"step": 100, "accuracy": final, "sampled_accuracy": final}]
+    return {"task": "organism", "strategy": strategy, "seed": seed, "final_accuracy": final, "auc": final,
+            "final_sampled_accuracy": final, "sampled_auc": final - 0.01, "accuracy_curve": curve,
+            "train_reward_curve": [0.1, 0.2], "completion_length_curve": [90.0], "seconds_per_step": 1.0,
+            "credit_positions": {"amplified_frac": 0.05, "rate_first_line": 0.1, "rate_by_decile": [0.05] * 10}}
+
+
+def _write_sweep(tmp_path, gains: dict[str, list[float]], seeds: int = 12):
+    (tmp_path / "cells").mkdir()
+    for seed in range(seeds):
+        for strategy in summarize.CORE + summarize.CONTROL:
+            final = 0.27 + 0.003 * (seed % 3) + gains.get(strategy, [0.0] * seeds)[seed]
+            (tmp_path / "cells" / f"organism__{strategy}__s{seed}.json").write_text(
+                json.dumps(_sampled_cell(strategy, seed, final)))
+    (tmp_path / "base__organism.json").write_text(json.dumps({"accuracy": 0.31, "sampled_accuracy": 0.22}))
+    (tmp_path / "budget.json").write_text(json.dumps({"eval_samples": 4}))
+
+
+def test_control_outcomes_follow_amendment_3(tmp_path):
+    # oracle_strong gains 3 points on every seed (a clear detection), oracle 1 point (CI above 0, below +2), random -1
+    gains = {"oracle": [0.01 + 0.001 * (s % 2) for s in range(12)], "oracle_strong": [0.03] * 12,
+             "random": [-0.01] * 12, "coupled": [-0.02 + 0.001 * (s % 2) for s in range(12)]}
+    _write_sweep(tmp_path, gains)
+    (tmp_path / "gradient_share.json").write_text(json.dumps({"arms": {
+        "oracle": {"token_share": 0.05, "gradient_share": 0.46, "weighted_gamma": 1.23}}}))
+    table = {r["strategy"]: r for r in summarize.summarize(tmp_path)}
+    metric = "final_sampled_accuracy"
+    assert table["oracle_strong"][f"{metric}_detects"] is True
+    assert table["oracle"][f"{metric}_detects"] is False  # CI above 0 but a mean below the effect of interest
+    assert table["oracle"][f"{metric}_verdict"]["verdict"] == "better"
+    assert table["random"][f"{metric}_verdict"]["verdict"] == "worse" and "detects" not in str(table["random"].keys())
+    # three comparisons in amendment 3's Holm family, each with sign-test p = 2 / 2^12
+    assert table["oracle"][f"{metric}_vs_uniform"]["holm_p"] == pytest.approx(3 * 2 / 2**12)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["control_outcome"].startswith("only the strong oracle (3) detects")
+    coupled_vs_random = next(v for v in summary["versus_random"] if v["strategy"] == "coupled")
+    assert coupled_vs_random[metric]["mean"] == pytest.approx(-0.0095)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| oracle | 12 |" in text and "46% (γ̄ 1.23)" in text and "What the positive control says (final)" in text
+
+
+def test_control_outcome_when_neither_or_the_paper_dose_detects(tmp_path):
+    table = [{"strategy": "oracle", "final_sampled_accuracy_detects": False},
+             {"strategy": "oracle_strong", "final_sampled_accuracy_detects": False}]
+    assert summarize.control_outcome(table, "final_sampled_accuracy").startswith("neither oracle detects")
+    table[0]["final_sampled_accuracy_detects"] = True
+    assert summarize.control_outcome(table, "final_sampled_accuracy").startswith("the oracle at the paper's dose")
+    assert summarize.control_outcome(table[:1], "final_sampled_accuracy") is None
+    assert summarize.detects({"ci95": [0.001, 0.05], "mean": 0.02}) is True
+    assert summarize.detects({"ci95": [-0.001, 0.05], "mean": 0.03}) is False

@@ -24,7 +24,10 @@ HERE = Path(__file__).resolve().parent
 # Must match sweep.CORE / sweep.EXTRA (tests/test_organism.py checks it).
 CORE = ("uniform", "entropy", "trl_top_entropy", "global_anchor", "global_anchor_scaled", "coupled", "coupled_scaled")
 EXTRA = ("random", "local_chunk", "local_chunk_scaled")
-ORDER = CORE + EXTRA
+# Amendment 3: the positive control (oracle credit at two doses) and the random arm; must match sweep.CONTROL.
+CONTROL = ("oracle", "oracle_strong", "random")
+ORACLES = ("oracle", "oracle_strong")
+ORDER = CORE + ORACLES + EXTRA
 # (scaled, default): the pre-registered comparison of the two credit settings.
 SCALED_PAIRS = (("global_anchor_scaled", "global_anchor"), ("coupled_scaled", "coupled"),
                 ("local_chunk_scaled", "local_chunk"))
@@ -75,8 +78,14 @@ def complete_seeds(cells: dict[str, dict[int, dict]], strategies=CORE) -> list[i
     return sorted(set.intersection(*present)) if present else []
 
 
+def pass_of(strategy: str) -> str:
+    """``core`` (the six pre-registered comparisons), ``control`` (amendment 3) or ``second`` (the second pass)."""
+    return "core" if strategy in CORE else "control" if strategy in CONTROL else "second"
+
+
 def analysed_seeds(strategy: str, cells: dict[str, dict[int, dict]]) -> list[int]:
-    """The pre-registered seed set of ``strategy``: complete core seeds, or (second pass) seeds shared with uniform."""
+    """The pre-registered seed set of ``strategy``: complete core seeds, or (control arms, second pass) the seeds
+    shared with uniform."""
     if strategy in CORE:
         return complete_seeds(cells)
     return sorted(set(cells[strategy]) & set(cells.get("uniform", {})))
@@ -121,6 +130,44 @@ def verdict(diff: dict | None, smallest_effect: float = SMALLEST_EFFECT) -> dict
             "loss_bound": lo}
 
 
+def detects(diff: dict | None, smallest_effect: float = SMALLEST_EFFECT) -> bool | None:
+    """Amendment 3: an oracle arm detects a credit gain when the paired CI of its difference to uniform lies above 0
+    and the mean difference is at least ``smallest_effect`` (None without a comparison)."""
+    if not diff:
+        return None
+    return diff["ci95"][0] > 0 and diff["mean"] >= smallest_effect
+
+
+def control_outcome(table: list[dict], metric: str) -> str | None:
+    """What the positive control says (amendment 3), from the two oracle arms' ``detects``; None until both have one.
+    """
+    found = {r["strategy"]: r.get(f"{metric}_detects") for r in table if r["strategy"] in ORACLES}
+    if len(found) < len(ORACLES) or any(v is None for v in found.values()):
+        return None
+    if found["oracle"]:
+        return ("the oracle at the paper's dose (1.5) detects a credit gain: the attention null is evidence that "
+                "WAAD/FAI do not single out the decisive tokens on this organism")
+    if found["oracle_strong"]:
+        return ("only the strong oracle (3) detects a credit gain: the paper's dose is too weak for this organism, so "
+                "the attention null at 1.5 does not show that attention picks the wrong tokens")
+    return ("neither oracle detects a credit gain: this organism and budget cannot test credit assignment, and the "
+            "attention null is uninformative about attention credit")
+
+
+def versus_random(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...]) -> list[dict]:
+    """Amendment 3: every attention strategy against ``random``, paired by seed (reported, not a decision)."""
+    out = []
+    if "random" not in cells:
+        return out
+    for strategy in ATTENTION_STRATEGIES:
+        if strategy in cells:
+            seeds = sorted(set(cells[strategy]) & set(cells["random"]) & set(cells.get("uniform", {})))
+            comparison = {m: paired(m, cells[strategy], cells["random"], seeds) for m in metrics}
+            if comparison[metrics[0]]:
+                out.append({"strategy": strategy, **comparison})
+    return out
+
+
 def overall_answer(table: list[dict], metric: str) -> str | None:
     """The study's answer (amendment 2) from the attention strategies' verdicts on ``metric``: ``yes``,
     ``no effect as large as the papers'``, ``mixed``, or ``inconclusive`` (None before every one has a verdict)."""
@@ -158,7 +205,35 @@ def conclusion(table: list[dict], metric: str) -> str:
     answer = overall_answer(table, metric)
     if answer:
         lines += ["", f"Does attention credit help (the four attention strategies together)? **{answer}** ({status})."]
-    return "\n".join(lines)
+    return "\n".join(lines + control_conclusion(table, metric))
+
+
+def control_conclusion(table: list[dict], metric: str) -> list[str]:
+    """Lines for the arms of amendment 3 (their own Holm family), shown from MIN_SEEDS_FOR_VERDICTS seeds on."""
+    arms = [r for r in table if r["pass"] == "control" and r.get(f"{metric}_verdict")]
+    if not arms:
+        return []
+    seeds = min(len(r["seeds"]) for r in arms)
+    if seeds < MIN_SEEDS_FOR_VERDICTS:
+        return ["", f"Positive control and random arm (amendment 3): {seeds} of {PLANNED_SEEDS} seeds; verdicts are "
+                f"shown from {MIN_SEEDS_FOR_VERDICTS} seeds on."]
+    complete = seeds >= PLANNED_SEEDS and len(arms) == len(CONTROL)
+    status = "final" if complete else f"provisional: {seeds} of {PLANNED_SEEDS} seeds"
+    lines = ["", f"Positive control and random arm against uniform ({status}; PREREGISTRATION.md, amendment 3; Holm "
+             "over these three comparisons):", ""]
+    for r in arms:
+        v = r[f"{metric}_verdict"]
+        holm = " (also after Holm)" if v["holm"] else " (uncorrected p only)" if v["verdict"] in ("better", "worse") \
+            else ""
+        detect = ""
+        if r["strategy"] in ORACLES:
+            detect = "; **detects a credit gain**" if r.get(f"{metric}_detects") else "; does not detect a gain"
+        lines.append(f"- {r['strategy']}: **{v['verdict']}**{holm}{detect}; consistent with the data: from "
+                     f"{_pct(v['loss_bound'], True)} to {_pct(v['gain_bound'], True)} points.")
+    outcome = control_outcome(table, metric)
+    if outcome:
+        lines += ["", f"What the positive control says ({status}): {outcome}."]
+    return lines
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -181,7 +256,7 @@ def rows(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_ME
             continue
         members = {s: cells[strategy][s] for s in seeds}
         positions = [c["credit_positions"] for c in members.values() if c.get("credit_positions")]
-        row = {"strategy": strategy, "seeds": seeds, "pass": "core" if strategy in CORE else "second",
+        row = {"strategy": strategy, "seeds": seeds, "pass": pass_of(strategy),
                "amplified_frac": _mean([p.get("amplified_frac") for p in positions]),
                "rate_first_line": _mean([p.get("rate_first_line") for p in positions]),
                "rate_by_decile": _mean_lists([p.get("rate_by_decile") for p in positions]),
@@ -192,15 +267,20 @@ def rows(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...] = GREEDY_ME
             row[metric] = mean_ci([c[metric] for c in members.values()])
             row[f"{metric}_vs_uniform"] = None if strategy == "uniform" else paired(metric, members, uniform, seeds)
         out.append(row)
-    for metric in metrics:  # Holm over the pre-registered family: the core strategies against uniform
-        family = [r for r in out if r["pass"] == "core" and r[f"{metric}_vs_uniform"]]
-        if family:
-            for r, adj in zip(family, holm_adjust([r[f"{metric}_vs_uniform"]["sign_test_p"] for r in family])):
-                r[f"{metric}_vs_uniform"]["holm_p"] = adj
-    primary = SAMPLED_METRICS[0]  # amendment 2 gives verdicts on budget B's primary metric only
+    # Holm over each pre-registered family against uniform: the six core strategies; the three arms of amendment 3
+    for metric in metrics:
+        for family_pass in ("core", "control"):
+            family = [r for r in out if r["pass"] == family_pass and r[f"{metric}_vs_uniform"]]
+            if family:
+                for r, adj in zip(family, holm_adjust([r[f"{metric}_vs_uniform"]["sign_test_p"] for r in family])):
+                    r[f"{metric}_vs_uniform"]["holm_p"] = adj
+    primary = SAMPLED_METRICS[0]  # amendments 2 and 3 give verdicts on budget B's primary metric only
     if primary in metrics:
         for r in out:
-            r[f"{primary}_verdict"] = verdict(r[f"{primary}_vs_uniform"]) if r["pass"] == "core" else None
+            tested = r["pass"] in ("core", "control")
+            r[f"{primary}_verdict"] = verdict(r[f"{primary}_vs_uniform"]) if tested else None
+            if r["strategy"] in ORACLES:
+                r[f"{primary}_detects"] = detects(r[f"{primary}_vs_uniform"])
     return out
 
 
@@ -245,8 +325,12 @@ def _diff(d, counts: bool = True, holm: bool = True) -> str:
     return " | ".join(cells)
 
 
-def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[str, ...] = GREEDY_METRICS) -> str:
-    """The summary tables; ``base``: the checkpoint's step-0 scores (``accuracy``, ``sampled_accuracy``)."""
+def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[str, ...] = GREEDY_METRICS,
+             gradient: dict | None = None, random_rows: list[dict] | None = None) -> str:
+    """The summary tables; ``base``: the checkpoint's step-0 scores (``accuracy``, ``sampled_accuracy``);
+    ``gradient``: gradient_share.py's result (the gradient share of each arm's amplified tokens), when measured;
+    ``random_rows``: :func:`versus_random`."""
+    shares = (gradient or {}).get("arms", {})
     primary, secondary, *reported = metrics
     step0 = ", ".join(f"{kind} {_pct(base.get(key))}%" for kind, key in (("greedy", "accuracy"),
                                                                            ("sampled", "sampled_accuracy"))
@@ -263,8 +347,8 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
              f"| strategy | seeds | {LABELS[primary]} % [95% CI] | Δ vs uniform [95% CI] | p / Holm | W/T/L | MDD | "
              f"{LABELS[secondary]} % | Δ [95% CI] | p / Holm | "
              + "".join(f"{LABELS[m]} % | Δ [95% CI] | p | " for m in reported)
-             + "amplified | amplified on line 1 | s/step |",
-             "|---" * (13 + 3 * len(reported)) + "|"]
+             + "amplified | their gradient share | amplified on line 1 | s/step |",
+             "|---" * (14 + 3 * len(reported)) + "|"]
     for r in table:
         p, a = r[primary], r[secondary]
         lines.append(f"| {r['strategy']} | {len(r['seeds'])} | {_pct(p['mean'])}{_ci(p['ci95'])} | "
@@ -272,7 +356,8 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
                      f"{_diff(r[f'{secondary}_vs_uniform'], False)} | "
                      + "".join(f"{_pct(r[m]['mean'])} | {_diff(r[f'{m}_vs_uniform'], False, holm=False)} | "
                                for m in reported)
-                     + f"{_pct(r['amplified_frac'])}% | {_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
+                     + f"{_pct(r['amplified_frac'])}% | {_share(shares.get(r['strategy']))} | "
+                       f"{_pct(r['rate_first_line'])}% | {r['seconds_per_step']:.2f} |")
     verdicts = conclusion(table, primary)
     if verdicts:
         lines += ["", verdicts]
@@ -288,6 +373,18 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
             lines.append(f"| {r['strategy']} | {_pct(r['amplified_frac'])} | {_pct(d[0])} | {_pct(d[1])} | "
                          f"{_pct(d[4])} | {_pct(d[8])} | {_pct(d[9])} | {_pct(r['rate_first_line'])} | "
                          + " | ".join(_pct(r["rate_by_class"].get(c)) for c in CHAR_CLASSES) + " |")
+    if shares:
+        lines += ["", "Gradient share (benchmarks/organism/gradient_share.py, measured once on rollouts of the "
+                  "checkpoint): the share of the policy gradient (per token |A| x ||d log p / d logits||) that an arm's "
+                  "amplified tokens carry, and the gradient-weighted mean gamma. An arm whose amplified tokens carry "
+                  "nearly all of the gradient rescales plain GRPO's update (which Adam undoes); one well below 100% "
+                  "tilts it. For trl_top_entropy: the share kept in the loss."]
+    if random_rows:
+        lines += ["", "Attention strategies against `random` (amendment 3; paired by seed, reported, not a decision):",
+                  "", f"| strategy − random | seeds | Δ {LABELS[primary]} [95% CI] | p | W/T/L | MDD |",
+                  "|---|---|---|---|---|---|"]
+        for v in random_rows:
+            lines.append(f"| {v['strategy']} − random | {len(v[primary]['seeds'])} | {_diff(v[primary], holm=False)} |")
     if versus:
         lines += ["", "Scaled credit setting (W = H_lo = 5, H_hi = 46) against the defaults, paired by seed:", "",
                   f"| scaled − default | seeds | Δ {LABELS[primary]} [95% CI] | p | W/T/L | MDD | "
@@ -296,6 +393,10 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
             lines.append(f"| {v['scaled']} − {v['default']} | {len(v[primary]['seeds'])} | "
                          f"{_diff(v[primary], holm=False)} | {_diff(v[secondary], False, holm=False)} |")
     return "\n".join(lines)
+
+
+def _share(entry: dict | None) -> str:
+    return "—" if not entry else f"{100 * entry['gradient_share']:.0f}% (γ̄ {entry['weighted_gamma']:.2f})"
 
 
 def cell_matrix(cells: dict[str, dict[int, dict]], metric: str = "final_accuracy") -> str:
@@ -440,7 +541,10 @@ def summarize(out: Path) -> list[dict]:
     budget = json.loads((out / "budget.json").read_text()) if (out / "budget.json").exists() else {}
     metrics, key = metrics_of(budget), curve_key(budget)
     table, versus = rows(cells, metrics), scaled_vs_default(cells, metrics)
-    text = markdown(table, versus, base, metrics)
+    gradient_path = out / "gradient_share.json"
+    gradient = json.loads(gradient_path.read_text()) if gradient_path.exists() else None
+    random_rows = versus_random(cells, metrics)
+    text = markdown(table, versus, base, metrics, gradient, random_rows)
     finished = {s: sorted(c) for s, c in cells.items()}
     plot(cells, base.get(key), out / "learning_curves.png", key)
     plot_positions(table, out / "credit_positions.png")
@@ -450,8 +554,10 @@ def summarize(out: Path) -> list[dict]:
                                                                   if k in base},
                                                   "metrics": list(metrics), "finished_cells": finished,
                                                   "complete_core_seeds": complete_seeds(cells), "rows": table,
-                                                  "scaled_vs_default": versus,
-                                                  "answer": overall_answer(table, metrics[0])}, indent=1))
+                                                  "scaled_vs_default": versus, "versus_random": random_rows,
+                                                  "gradient_share": gradient,
+                                                  "answer": overall_answer(table, metrics[0]),
+                                                  "control_outcome": control_outcome(table, metrics[0])}, indent=1))
     (out / "summary.md").write_text(f"# Organism credit sweep\n\nbudget: `{json.dumps(budget)}`\n\n"
                                     f"finished cells (strategy: seeds): `{json.dumps(finished)}`\n\n{text}\n\n"
                                     f"Every finished cell, {LABELS[metrics[0]]} held-out accuracy (%):\n\n"
