@@ -263,5 +263,7 @@ class Registry(Generic[T]):
 
 
 def _describe(obj: Any) -> str:
-    identity = _identity(obj)
-    return identity if isinstance(identity, str) else repr(obj)
+    if isinstance(obj, str):
+        return obj
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(obj)

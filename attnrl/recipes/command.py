@@ -23,6 +23,7 @@ were set to ``<output_dir>/train_config.yaml`` and runs.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -93,6 +94,7 @@ def recipe_main(module, argv: Sequence[str] | None = None, *, prog: str | None =
         write_resolved_config(values, module.RECIPE, fields_set)
     except (ConfigError, MissingExtra, OSError) as e:  # a config mistake, a missing extra, an unwritable output_dir
         return _usage_error(prog, e, traceback)
+    failure = None
     try:
         results = module.run(*values)
     except (ConfigError, MissingExtra) as e:  # found once the model is known (or Ray is needed): still the config
@@ -101,8 +103,11 @@ def recipe_main(module, argv: Sequence[str] | None = None, *, prog: str | None =
         if traceback:
             raise
         tb.print_exc()
-        print(f"{prog}: error: training failed ({failure_summary(e)}); the traceback above shows where. "
-              f"{kept_outputs(values)}", file=sys.stderr)
+        failure = failure_summary(e)
+    if failure is not None:
+        gc.collect()  # the failed run's objects (a progress bar) finish their output first: the hint is the last line
+        print(f"{prog}: error: training failed ({failure}); the traceback above shows where. {kept_outputs(values)}",
+              file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
