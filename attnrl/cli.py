@@ -17,7 +17,11 @@ trl; ``attnrl COMMAND --help`` lists the command's fields.
 
 Mistakes that can be seen before loading a model (an unknown config field, task or recipe, a missing adapter or
 one trained for another base model, a missing optional dependency) raise :class:`UsageError` (or
-``MissingExtra``) naming the problem and the fix; the command prints it on one line and exits with status 2.
+``MissingExtra``) naming the problem and the fix; the command prints it on one line and exits with status 2. A
+failure once training runs is not a usage error: ``train`` prints its traceback and a one-line hint and exits with
+status 1, keeping whatever the run saved (:mod:`attnrl.recipes.command`). Tasks, credit strategies, rewards and
+recipes are looked up in their registries (:mod:`attnrl.registry`); tasks, strategies and rewards also take an
+import path ``module:function`` of your own code. Figures are drawn by :mod:`attnrl.report`.
 """
 
 from __future__ import annotations
