@@ -48,6 +48,16 @@ def test_a_config_error_is_one_line_with_status_2_before_any_model_work(tmp_path
     assert loads == []
 
 
+def test_a_model_that_cannot_be_loaded_is_a_config_error(tmp_path, capsys):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    for model in (empty, tmp_path / "missing"):
+        assert cli.main(["train", str(_config(tmp_path, str(model)))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"attnrl train: error: model_name_or_path='{model}' could not be "
+                                                   "loaded: "), err
+
+
 class DiskFullAtStep(TrainerCallback):
     """Raises OSError when optimizer step ``step`` begins (the checkpoints of the steps before it are saved)."""
 
@@ -77,7 +87,7 @@ def test_a_failure_during_training_is_status_1_with_the_traceback_and_keeps_the_
     assert "Traceback (most recent call last)" in err and "OSError: [Errno 28] No space left on device" in err
     assert "in on_step_begin" in err  # the traceback shows where
     assert err.splitlines()[-1] == (
-        "attnrl train: error: training failed (OSError: [Errno 28] No space left on device); the traceback above "
+        "attnrl train: error: the run failed (OSError: [Errno 28] No space left on device); the traceback above "
         f"shows where. Everything saved so far is kept in {run}: 1 checkpoint(s), the latest {run / 'checkpoint-1'}, "
         "and the logs.")
     assert (run / "checkpoint-1" / "adapter_model.safetensors").is_file()  # saved before the failure, still there

@@ -13,8 +13,8 @@ were set to ``<output_dir>/train_config.yaml`` and runs.
 - a configuration or usage mistake (anything raised while preparing, a :class:`ConfigError` found later, e.g.
   credit layers out of range for the loaded model, or a :class:`MissingExtra`): one line
   ``prog: error: ...`` on stderr, exit status 2;
-- any failure once the job runs (training, evaluation, saving): the traceback, then one line saying that training
-  failed, where the traceback is, and what was kept in ``output_dir`` (nothing written is removed: checkpoints,
+- any other failure once the job runs (training, evaluation, saving): the traceback, then one line saying that the
+  run failed, where the traceback is, and what was kept in ``output_dir`` (nothing written is removed: checkpoints,
   ``train_config.yaml`` and logs stay), exit status 1.
 
 ``--traceback`` (or ``traceback=True``) raises instead, in both cases.
@@ -106,7 +106,7 @@ def recipe_main(module, argv: Sequence[str] | None = None, *, prog: str | None =
         failure = failure_summary(e)
     if failure is not None:
         gc.collect()  # the failed run's objects (a progress bar) finish their output first: the hint is the last line
-        print(f"{prog}: error: training failed ({failure}); the traceback above shows where. {kept_outputs(values)}",
+        print(f"{prog}: error: the run failed ({failure}); the traceback above shows where. {kept_outputs(values)}",
               file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}, indent=2))

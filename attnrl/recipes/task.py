@@ -170,8 +170,13 @@ class TaskJobRunner(JobRunner):
     # ---------------------------------------------------------------- pieces a subclass may replace
 
     def load_model(self):
-        """(model, tokenizer) of ``job.model_name_or_path``."""
-        return load_model_and_tokenizer(self.job.model_name_or_path)
+        """(model, tokenizer) of ``job.model_name_or_path``; one that cannot be found or read is a ConfigError."""
+        try:
+            return load_model_and_tokenizer(self.job.model_name_or_path)
+        except (OSError, ValueError) as e:  # transformers: not a folder nor a Hub id it can fetch, no model files in it
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"model_name_or_path={self.job.model_name_or_path!r} could not be loaded: {detail}") \
+                from e
 
     def datasets(self):
         return job_datasets(self.job)
