@@ -17,13 +17,16 @@ trl; ``attnrl COMMAND --help`` lists the command's fields.
 
 Mistakes that can be seen before loading a model (an unknown config field, task or recipe, a missing adapter or
 one trained for another base model, a missing optional dependency) raise :class:`UsageError` (or
-``MissingExtra``) naming the problem and the fix; the command prints it on one line and exits with status 2.
+``MissingExtra``) naming the problem and the fix; the command prints it on one line and exits with status 2. A
+failure once training runs is not a usage error: ``train`` prints its traceback and a one-line hint and exits with
+status 1, keeping whatever the run saved (:mod:`attnrl.recipes.command`). Tasks, credit strategies, rewards and
+recipes are looked up in their registries (:mod:`attnrl.registry`); tasks, strategies and rewards also take an
+import path ``module:function`` of your own code. Figures are drawn by :mod:`attnrl.report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import sys
@@ -34,7 +37,7 @@ from pathlib import Path
 from attnrl.models.default import DEFAULT_MODEL, load_model_and_tokenizer, resolve_model_path
 from attnrl.recipes import DEFAULT_RECIPE, RECIPES, recipe_module
 from attnrl.recipes.command import RESOLVED_CONFIG, run_recipe  # noqa: F401  (RESOLVED_CONFIG: re-exported)
-from attnrl.recipes.config import ConfigError, MissingExtra, closest, config_path, load_yaml_config, parse_config
+from attnrl.recipes.config import ConfigError, MissingExtra, config_path, load_yaml_config, parse_config
 
 UsageError = ConfigError  # a mistake in the command's arguments or inputs; the message says what to change
 
@@ -67,7 +70,7 @@ def pick_recipe(argv: Sequence[str]) -> tuple[str, list[str]]:
         if token == "--recipe":
             name = next(tokens, None)
             if name is None:
-                raise UsageError(f"--recipe needs a name: one of {sorted(RECIPES)}")
+                raise UsageError(f"--recipe needs a name: {RECIPES.choices_text()}")
         elif token.startswith("--recipe="):
             name = token.partition("=")[2]
         else:
@@ -79,10 +82,14 @@ def pick_recipe(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 
 def check_task(task: str) -> None:
+    """``task`` is a registered task or the import path of one (UsageError saying why not)."""
+    from attnrl.registry import RegistryError
     from attnrl.rewards import TASKS
 
-    if task not in TASKS:
-        raise UsageError(f"task {task!r} is unknown{closest(task, TASKS)}; choose one of {sorted(TASKS)}")
+    try:
+        TASKS.get(task)
+    except RegistryError as e:
+        raise UsageError(str(e)) from e
 
 
 def check_adapter(adapter: str | Path, model: str) -> None:
@@ -157,7 +164,7 @@ def evaluate(model: str = DEFAULT_MODEL, task: str = "arithmetic", adapters: Seq
     if ks and (min(ks) < 1 or samples < max(ks)):
         raise UsageError(f"--pass-k {ks} needs 1 <= k <= --samples ({samples}); raise --samples")
     examples = make_examples(task, "test", n, seed=task_seed)
-    is_correct = TASKS[task].is_correct
+    is_correct = TASKS.get(task).is_correct
     rows = []
     for adapter in ([None] if include_base else []) + list(adapters):
         policy, tokenizer = load_policy(model, adapter)
@@ -211,7 +218,7 @@ def analyze(out: str | Path, model: str = DEFAULT_MODEL, adapter: str | Path | N
     """
     from attnrl.credit.config import CreditConfig
     from attnrl.evaluation import generate_completions
-    from attnrl.report import analyze_response, plot_rhythm
+    from attnrl.report import analysis_page, analyze_response, plot_head_map, plot_rhythm
 
     if (prompt is None) == (rollouts is None):
         raise UsageError("give exactly one of --prompt TEXT or --rollouts FILE.jsonl")
@@ -259,52 +266,6 @@ def read_rollout(path: str | Path, index: int) -> tuple[list[dict], str]:
     return messages, completion_text(row["completion"])
 
 
-def plot_head_map(a, path: str | Path, fraction: float) -> None:
-    """PNG heatmap of mean attention distance (n_layers, H), local heads outlined blue (L), global red (G)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    from matplotlib.patches import Patch, Rectangle
-
-    from attnrl.credit.heads import HeadProfile
-
-    profile = HeadProfile.from_distances(a.layers, torch.tensor(a.head_distances), fraction)
-    n_layers, n_heads = profile.distances.shape
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * n_heads + 2.5), max(2.5, 0.45 * n_layers + 1.5)))
-    image = ax.imshow(profile.distances.numpy(), cmap="viridis", aspect="auto")
-    for i in range(n_layers):
-        for j in range(n_heads):
-            kind = "L" if profile.local[i, j] else "G" if profile.global_[i, j] else None
-            if kind:
-                colour = "#1d6fa5" if kind == "L" else "#d62828"
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=colour, linewidth=2.5))
-                ax.text(j, i, kind, ha="center", va="center", color="white", fontsize=8, weight="bold")
-    ax.set_yticks(range(n_layers), [f"layer {layer}" for layer in profile.layers])
-    ax.set_xticks(range(n_heads))
-    ax.set_xlabel("head")
-    fig.colorbar(image, ax=ax, label="mean attention distance (tokens)")
-    ax.legend(handles=[Patch(fill=False, edgecolor="#1d6fa5", label=f"local (bottom {fraction:.0%})"),
-                       Patch(fill=False, edgecolor="#d62828", label=f"global (top {fraction:.0%})")],
-              loc="upper center", bbox_to_anchor=(0.5, -0.25 if n_layers > 3 else -0.45), ncol=2, fontsize=8)
-    ax.set_title("local / global heads")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def analysis_page(a, title: str, figures: Sequence[Path]) -> str:
-    """attnrl.report.rhythm_html with the figures embedded as data URIs (one self-contained file)."""
-    from attnrl.report import rhythm_html
-
-    images = "".join(
-        f'<p><img alt="{p.stem}" style="max-width:100%" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"></p>' for p in figures
-    )
-    return rhythm_html(a, title=title).replace("</body>", images + "</body>")
-
-
 # ---------------------------------------------------------------- eval / analyze / publish arguments
 
 
@@ -312,7 +273,8 @@ def analysis_page(a, title: str, figures: Sequence[Path]) -> str:
 class EvalArguments:
     """``attnrl eval``: greedy accuracy (and sampled pass@k) of the base model and adapters on held-out problems."""
 
-    task: str = field(metadata={"help": "Task name, e.g. arithmetic or countdown."})
+    task: str = field(metadata={"help": "A registered task (attnrl.rewards.TASKS, e.g. arithmetic) or the import "
+                                        "path of a Task, 'module:TASK'."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Base model: {DEFAULT_MODEL!r}, a path or Hub id."})
     adapter: list[str] = field(default_factory=list, metadata={
         "help": "peft adapter folder (repeatable: --adapter A --adapter B, or --adapter A B).", "action": "extend"})

@@ -1,8 +1,12 @@
-"""Figures and pages people would rather see than read: reward curves and the attention rhythm of a response."""
+"""Figures and pages people would rather see than read: reward curves, the attention rhythm of a response (curves,
+an HTML page with the figures embedded) and the local/global head map. ``attnrl analyze`` and the run report draw
+with these."""
 
 from __future__ import annotations
 
+import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import torch
 
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
+from attnrl.credit.heads import HeadProfile
 from attnrl.credit.strategies import CreditInputs, coupled_roles, preplan_mask
 
 
@@ -147,3 +152,44 @@ def plot_reward_curve(log_history: list[dict], path: str | Path, keys: tuple[str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_head_map(a, path: str | Path, fraction: float) -> None:
+    """PNG heatmap of mean attention distance (n_layers, H), local heads outlined blue (L), global red (G)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    profile = HeadProfile.from_distances(a.layers, torch.tensor(a.head_distances), fraction)
+    n_layers, n_heads = profile.distances.shape
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * n_heads + 2.5), max(2.5, 0.45 * n_layers + 1.5)))
+    image = ax.imshow(profile.distances.numpy(), cmap="viridis", aspect="auto")
+    for i in range(n_layers):
+        for j in range(n_heads):
+            kind = "L" if profile.local[i, j] else "G" if profile.global_[i, j] else None
+            if kind:
+                colour = "#1d6fa5" if kind == "L" else "#d62828"
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=colour, linewidth=2.5))
+                ax.text(j, i, kind, ha="center", va="center", color="white", fontsize=8, weight="bold")
+    ax.set_yticks(range(n_layers), [f"layer {layer}" for layer in profile.layers])
+    ax.set_xticks(range(n_heads))
+    ax.set_xlabel("head")
+    fig.colorbar(image, ax=ax, label="mean attention distance (tokens)")
+    ax.legend(handles=[Patch(fill=False, edgecolor="#1d6fa5", label=f"local (bottom {fraction:.0%})"),
+                       Patch(fill=False, edgecolor="#d62828", label=f"global (top {fraction:.0%})")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.25 if n_layers > 3 else -0.45), ncol=2, fontsize=8)
+    ax.set_title("local / global heads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def analysis_page(a, title: str, figures: Sequence[Path]) -> str:
+    """:func:`rhythm_html` with the figures embedded as data URIs (one self-contained file)."""
+    images = "".join(
+        f'<p><img alt="{p.stem}" style="max-width:100%" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"></p>' for p in figures
+    )
+    return rhythm_html(a, title=title).replace("</body>", images + "</body>")

@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from attnrl.distributed import RayArguments, launch
-from attnrl.recipes.grpo import GRPOJobArguments
+from attnrl.recipes.grpo import GRPOJobArguments, GRPORunner
 from attnrl.trainers.grpo import AttnGRPOConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,7 +56,7 @@ def run(workers: int, cpus_per_worker: float, steps: int, scratch: Path) -> list
         seed=0, disable_tqdm=True,
     )
     ray_args = RayArguments(num_workers=workers, cpus_per_worker=cpus_per_worker, max_failures=0)
-    launch(job, args, ray_args, callbacks=[StepTimer(str(times_file))])
+    launch(job, args, ray_args, callbacks=[StepTimer(str(times_file))], runner=GRPORunner)
     return [float(line) for line in times_file.read_text().split()]
 
 

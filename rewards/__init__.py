@@ -14,6 +14,7 @@ from .math import (
 )
 from .tasks import (
     HELD_OUT_PERCENT,
+    REWARDS,
     SPLITS,
     TASKS,
     Task,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_FORMAT_PATTERN",
     "DEFAULT_VERIFIER",
     "HELD_OUT_PERCENT",
+    "REWARDS",
     "SPLITS",
     "TASKS",
     "VERIFY_STATS",

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
+from attnrl.registry import Registry
+
 from .completions import completion_text, last_boxed_content
 from .format import format_reward
 from .math import accuracy_reward, exact_integer_verdict
@@ -209,21 +211,48 @@ class Task:
     is_correct: Callable[[object, dict], bool]
 
 
-TASKS = {
-    "arithmetic": Task("arithmetic", sample_arithmetic, (accuracy_reward, format_reward), arithmetic_is_correct),
-    "countdown": Task("countdown", sample_countdown, (countdown_reward, format_reward), countdown_is_correct),
-}
+def _as_task(obj, name: str) -> Task:
+    """A Task as it is, or the Task a function of no arguments returns (a factory named by import path)."""
+    if not isinstance(obj, Task) and callable(obj) and not isinstance(obj, type):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise TypeError(f"it is a {type(obj).__name__}, not an attnrl.rewards.Task (or a function returning one)")
+    return obj
+
+
+def _as_reward(obj, name: str) -> Callable:
+    if not callable(obj):
+        raise TypeError(f"it is a {type(obj).__name__}, not a TRL reward function (prompts, completions, **columns)")
+    return obj
+
+
+#: tasks by name (:class:`attnrl.registry.Registry`): ``TASKS.register(name, Task(...))``; a recipe's ``task`` also
+#: takes the import path of a Task (or of a function returning one), ``my_pkg.tasks:MY_TASK``, found without
+#: registration
+TASKS: Registry[Task] = Registry("task", check=_as_task)
+TASKS.register("arithmetic", Task("arithmetic", sample_arithmetic, (accuracy_reward, format_reward),
+                                  arithmetic_is_correct))
+TASKS.register("countdown", Task("countdown", sample_countdown, (countdown_reward, format_reward),
+                                 countdown_is_correct))
+
+#: TRL reward functions by name; a recipe's ``reward_names`` also takes ``correct`` / ``format`` (the task's own) and
+#: import paths ``my_pkg.rewards:my_reward`` (as TRL's ``reward_funcs``)
+REWARDS: Registry[Callable] = Registry("reward", check=_as_reward)
+REWARDS.register("accuracy", accuracy_reward)
+REWARDS.register("format", format_reward)
+REWARDS.register("countdown", countdown_reward)
+REWARDS.register("visual_anchor", "attnrl.rewards.visual:visual_anchor_reward")  # imported on first use (torch)
 
 
 def make_examples(task: str, split: str, n: int, seed: int = 0, **options) -> list[dict]:
-    """``n`` distinct problems of ``task`` in ``split``, deterministic in ``seed``; ``options`` go to the sampler.
+    """``n`` distinct problems of ``task`` (a name or import path, see :data:`TASKS`) in ``split``, deterministic in ``seed``; ``options`` go to the sampler.
 
     Each example has ``prompt`` (conversational), the task's gold columns and ``split``. Raises ValueError when the
     split holds fewer than ``n`` distinct problems (e.g. 1000 test additions of two-digit numbers).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    sample = TASKS[task].sample
+    sample = TASKS.get(task).sample
     rng = random.Random(seed)
     examples: dict[str, dict] = {}
     attempts = 0

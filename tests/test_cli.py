@@ -4,7 +4,6 @@ the same logits, checksums, Hub upload mocked), the arguments of each (dataclass
 and the error messages of each."""
 
 import hashlib
-import importlib
 import itertools
 import json
 import os
@@ -107,7 +106,7 @@ def fake_recipe(monkeypatch, calls: list, base: str = "grpo", name: str = "fake"
     """Register recipe ``name``: the parser of recipe ``base``, a run() that records what it was given."""
     module = types.ModuleType(f"fake_recipe_{name}")
     module.RECIPE = name
-    module.make_parser = importlib.import_module(RECIPES[base]).make_parser
+    module.make_parser = RECIPES.get(base).make_parser
     module.run = lambda *values: calls.append(values) or {"ok": True}
     module.main = lambda argv=None, **kw: recipe_main(module, argv, **kw)
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -126,8 +125,8 @@ def test_yaml_recipe_key_selects_the_recipe_and_overrides_reach_every_dataclass(
     assert (args.max_steps, args.credit_strategy, args.num_generations) == (3, "global_anchor", 4)
     assert not ray_args.use_ray
     assert yaml.safe_load((tmp_path / "run" / cli.RESOLVED_CONFIG).read_text())["recipe"] == "fake"
-    with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown \(did you mean 'ppo'\?\); available: "
-                                              r"\['avar', 'fake', 'grpo', 'ppo', 'site'\]"):
+    with pytest.raises(cli.UsageError, match=r"recipe 'ppp' is unknown \(did you mean 'ppo'\?\); choose one of "
+                                              r"'grpo', 'ppo', 'avar', 'site', 'fake'$"):
         cli.train(config, recipe="ppp")
     with pytest.raises(cli.UsageError, match=r"c\.yaml is a config of recipe 'fake', not 'grpo'"):
         cli.train(config, recipe="grpo")

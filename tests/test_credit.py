@@ -125,7 +125,8 @@ def test_every_strategy_keeps_padding_at_one_and_bounds():
 
 
 def test_unknown_strategy_names_the_choices():
-    with pytest.raises(ValueError, match="unknown credit strategy 'cupled'.*coupled"):
+    with pytest.raises(ValueError, match=r"credit strategy 'cupled' is unknown \(did you mean 'coupled'\?\); choose "
+                                         r"one of 'uniform', .*'coupled'"):
         get_strategy("cupled")
 
 

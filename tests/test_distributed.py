@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from attnrl import cli
 from attnrl.distributed import RayArguments, RewardActorPool, launch
-from attnrl.recipes.grpo import GRPOJobArguments
+from attnrl.recipes.grpo import GRPOJobArguments, GRPORunner
 from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
 
@@ -109,7 +109,7 @@ def _ray_checkpoints(storage: Path) -> list[Path]:
 def test_two_cpu_workers_train_identical_lora_save_one_adapter_and_score_in_actors(ray_cluster, tiny_model_path, tmp_path):
     ray_args = RayArguments(num_workers=2, max_failures=0, storage_path=str(tmp_path / "storage"), reward_actors=1)
     results = launch(_job(tiny_model_path), _args(tmp_path / "run", max_steps=2, save_strategy="no"), ray_args,
-                     reward_funcs=[digit_reward])
+                     reward_funcs=[digit_reward], runner=GRPORunner)
 
     assert results["num_workers"] == 2 and results["train_steps"] == 2
     hashes = results["trainable_sha256"]
@@ -132,7 +132,7 @@ def test_killed_worker_restarts_and_resumes_without_lost_or_repeated_steps(ray_c
     ray_args = RayArguments(num_workers=2, max_failures=1, num_to_keep=2, storage_path=str(tmp_path / "storage"))
     results = launch(
         _job(tiny_model_path), _args(tmp_path / "run", max_steps=4), ray_args, reward_funcs=[digit_reward],
-        callbacks=[StepLog(str(steps_file)), KillRankOnce(str(tmp_path / "killed"), after_step=2)],
+        callbacks=[StepLog(str(steps_file)), KillRankOnce(str(tmp_path / "killed"), after_step=2)], runner=GRPORunner,
     )
 
     assert (tmp_path / "killed").exists()

@@ -19,6 +19,7 @@ from .strategies import (
     get_strategy,
     register_strategy,
     shape_advantages,
+    strategy_needs,
     top_q_mask,
     waad_jumps,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "head_mean_distances",
     "register_strategy",
     "shape_advantages",
+    "strategy_needs",
     "token_fai",
     "token_waad",
     "top_q_mask",

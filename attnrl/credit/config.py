@@ -14,9 +14,10 @@ from pathlib import Path
 
 from attnrl.kernels import StatsSpec
 from attnrl.kernels.dispatch import BACKENDS
+from attnrl.registry import RegistryError
 
 from .heads import DEFAULT_HEAD_FRACTION, DEFAULT_NUM_LAYERS, HeadProfile, default_layers
-from .strategies import SIGN_MODES, STRATEGIES, STRATEGY_NEEDS, CreditParams
+from .strategies import SIGN_MODES, STRATEGIES, CreditParams, strategy_needs
 
 HEAD_PROFILE_MODES = ("per_batch", "cached")
 STATS_PASSES = ("auto", "separate")
@@ -31,8 +32,9 @@ class CreditConfig:
 
     credit_strategy: str = field(
         default="coupled",
-        metadata={"help": "How advantages are re-weighted per token: 'uniform' (plain GRPO), 'random', 'entropy', "
-                  "'local_chunk', 'global_anchor' or 'coupled' (the paper's best)."},
+        metadata={"help": "How advantages are re-weighted per token: a registered strategy (" + ", ".join(STRATEGIES)
+                  + "; 'uniform' is plain GRPO, 'coupled' the paper's best) or the import path of your own "
+                  "function, 'module:function' (attnrl.credit.strategies)."},
     )
     credit_layers: list[int] | None = field(
         default=None,
@@ -89,10 +91,10 @@ class CreditConfig:
 
     def validate_credit(self) -> None:
         """Raise ValueError naming the bad field and the fix."""
-        if self.credit_strategy not in STRATEGIES:
-            raise ValueError(
-                f"credit_strategy={self.credit_strategy!r} is unknown; set it to one of {sorted(STRATEGIES)}"
-            )
+        try:
+            STRATEGIES.get(self.credit_strategy)  # a registered name or an import path
+        except RegistryError as e:
+            raise ValueError(f"credit_strategy={self.credit_strategy!r} {e.reason}") from e
         if not 0.0 < self.credit_top_q <= 1.0:
             raise ValueError(
                 f"credit_top_q={self.credit_top_q} must lie in (0, 1]; the paper's default is {_PARAMS.top_q}"
@@ -155,7 +157,7 @@ class CreditConfig:
 
         Cheap (no forward): call it right after loading the model, before any evaluation or trainer set-up."""
         self.validate_credit()
-        if "attention" not in STRATEGY_NEEDS[self.credit_strategy]:
+        if "attention" not in strategy_needs(self.credit_strategy):
             return []  # strategies without attention never read the layers
         layers = self.credit_layer_indices(num_layers, attention_layers)
         bad = [layer for layer in layers if not 0 <= layer < num_layers]

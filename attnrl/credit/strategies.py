@@ -3,16 +3,19 @@
 Every strategy maps :class:`CreditInputs` (per-token statistics of a batch of responses) and
 :class:`CreditParams` to a :class:`StrategyOutput`: gamma of shape (B, T) (1 for ordinary tokens, ``gamma_amp``
 or a split of the bonus for amplified ones, 1 on padding) and the token roles it was computed from. Register new
-ones with :func:`register_strategy`.
+ones with :func:`register_strategy` (the registry is :data:`STRATEGIES`), or name a function by import path
+(``credit_strategy: my_pkg.credit:my_strategy``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+
+from attnrl.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -52,37 +55,64 @@ class StrategyOutput:
 
 
 StrategyFn = Callable[[CreditInputs, CreditParams], StrategyOutput]
-STRATEGIES: dict[str, StrategyFn] = {}
-#: statistics each strategy reads, so callers can skip work ("attention" = WAAD/FAI, "entropy" = policy entropy)
-STRATEGY_NEEDS: dict[str, frozenset[str]] = {}
+#: the statistics a strategy can read ("attention" = WAAD/FAI, "entropy" = policy entropy)
+ALL_NEEDS = frozenset({"attention", "entropy"})
+
+
+def _callable_strategy(obj, name: str) -> StrategyFn:
+    if not callable(obj):
+        raise TypeError(f"{type(obj).__name__} is not a function (inputs, params) -> StrategyOutput")
+    return obj
+
+
+#: every credit strategy by name (:class:`attnrl.registry.Registry`); ``credit_strategy`` also takes an import path
+#: ``module:function`` / ``module.function`` of a function not registered here
+STRATEGIES: Registry[StrategyFn] = Registry("credit strategy", check=_callable_strategy)
 
 
 def register_strategy(name: str, needs: tuple[str, ...] = ()) -> Callable[[StrategyFn], StrategyFn]:
-    """Register ``fn`` as credit strategy ``name``; ``needs`` names the statistics it reads.
+    """Register ``fn`` as credit strategy ``name`` (a decorator); ``needs`` names the statistics it reads, so
+    callers compute only those: ``"attention"`` (WAAD/FAI), ``"entropy"``.
 
     A name can be registered once: registering another function under an existing name is an error (re-running
     the same definition, e.g. on a module reload, is allowed).
     """
-
-    def deco(fn: StrategyFn) -> StrategyFn:
-        old = STRATEGIES.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(
-                f"credit strategy {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
-                "choose another name for the new strategy"
-            )
-        STRATEGIES[name] = fn
-        STRATEGY_NEEDS[name] = frozenset(needs)
-        return fn
-
-    return deco
+    unknown = set(needs) - ALL_NEEDS
+    if unknown:
+        raise ValueError(f"needs={tuple(needs)}: unknown statistics {sorted(unknown)}; use some of {sorted(ALL_NEEDS)}")
+    return STRATEGIES.register(name, needs=frozenset(needs))
 
 
 def get_strategy(name: str) -> StrategyFn:
-    """The strategy registered under ``name`` (ValueError naming the choices otherwise)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown credit strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+    """The strategy registered under ``name``, or the function the import path ``name`` names (RegistryError, a
+    ValueError, naming the closest strategy and the choices otherwise)."""
+    return STRATEGIES.get(name)
+
+
+def strategy_needs(name: str) -> frozenset[str]:
+    """The statistics strategy ``name`` reads: what it was registered with; for a function named by import path
+    and not registered, its ``needs`` attribute if it has one, else every statistic (:data:`ALL_NEEDS`)."""
+    info = STRATEGIES.info(name)
+    if "needs" in info:
+        return info["needs"]
+    return frozenset(getattr(STRATEGIES.get(name), "needs", ALL_NEEDS))
+
+
+class _NeedsView(Mapping):
+    """``STRATEGY_NEEDS[name]``: :func:`strategy_needs` as a read-only mapping over the registered names."""
+
+    def __getitem__(self, name: str) -> frozenset[str]:
+        return strategy_needs(name)
+
+    def __iter__(self):
+        return iter(STRATEGIES)
+
+    def __len__(self) -> int:
+        return len(STRATEGIES)
+
+
+#: statistics each strategy reads, so callers can skip work (a view of the registry; import paths work too)
+STRATEGY_NEEDS: Mapping[str, frozenset[str]] = _NeedsView()
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

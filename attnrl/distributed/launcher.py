@@ -32,18 +32,19 @@ def launch(
     ray_args: RayArguments,
     callbacks: Sequence[TrainerCallback] = (),
     reward_funcs: Sequence[Callable] | None = None,
-    runner: type | None = None,
+    *,
+    runner: type,
 ) -> dict:
     """Run the job on Ray (see the module docstring); returns the recipe's results dictionary plus ``num_workers``,
     ``trainable_sha256`` (one per rank) and ``ray_checkpoint`` (the final checkpoint's path).
 
-    ``runner``: the recipe's JobRunner class (default: PPORunner for an AttnPPOConfig, else GRPORunner).
+    ``runner``: the recipe's JobRunner class (e.g. :class:`attnrl.recipes.grpo.GRPORunner`); the recipes pass
+    their own, so this module never imports a recipe (the recipes import it).
     ``callbacks`` are added to the trainer of every worker; ``reward_funcs`` (picklable TRL reward functions)
     replace the task's rewards named by ``job.reward_names``. Every config check runs here, before Ray starts.
     Connects to ``ray_args.ray_address`` unless Ray is already initialised; a cluster started here is shut down at
     the end. Without Ray installed: MissingExtra saying what to install."""
     require_ray()
-    runner = runner or default_runner(training_args)
     runner.check(job, training_args)
     ray_args.validate()
     check_devices(training_args, ray_args)
@@ -71,19 +72,6 @@ def launch(
     finally:
         if started_here:
             ray.shutdown()
-
-
-def default_runner(training_args) -> type:
-    """The runner of the recipe whose trainer config ``training_args`` is: PPO for an AttnPPOConfig, else GRPO."""
-    from attnrl.trainers.ppo import AttnPPOConfig
-
-    if isinstance(training_args, AttnPPOConfig):
-        from attnrl.recipes.ppo import PPORunner
-
-        return PPORunner
-    from attnrl.recipes.grpo import GRPORunner
-
-    return GRPORunner
 
 
 def check_devices(training_args, ray_args: RayArguments) -> None:

@@ -12,24 +12,26 @@ is light (no torch): a recipe module loads on first use (:func:`recipe_module`).
 | ``site`` | :mod:`attnrl.recipes.site` (SITE vs 0-shot vs ICL) | ``examples/site_icl.py`` |
 """
 
-RECIPES = {
-    "grpo": "attnrl.recipes.grpo",
-    "ppo": "attnrl.recipes.ppo",
-    "avar": "attnrl.recipes.avar",
-    "site": "attnrl.recipes.site",
-}
+from attnrl.registry import Registry, RegistryError
+
+#: recipe name -> its module, imported on first use (a registered import path). A recipe of your own:
+#: ``RECIPES.register("mine", "my_pkg.my_recipe")`` (a module with RECIPE, make_parser, run and main).
+RECIPES: Registry = Registry("recipe", import_paths=False)
+RECIPES.register("grpo", "attnrl.recipes.grpo")
+RECIPES.register("ppo", "attnrl.recipes.ppo")
+RECIPES.register("avar", "attnrl.recipes.avar")
+RECIPES.register("site", "attnrl.recipes.site")
 DEFAULT_RECIPE = "grpo"
 
 
 def recipe_module(name: str):
     """The module of recipe ``name``; ConfigError naming the closest recipe when there is none of that name."""
-    import importlib
+    from .config import ConfigError
 
-    from .config import ConfigError, closest
-
-    if name not in RECIPES:
-        raise ConfigError(f"recipe {name!r} is unknown{closest(name, RECIPES)}; available: {sorted(RECIPES)}")
-    return importlib.import_module(RECIPES[name])
+    try:
+        return RECIPES.get(name)
+    except RegistryError as e:
+        raise ConfigError(str(e)) from e
 
 
 __all__ = ["DEFAULT_RECIPE", "RECIPES", "recipe_module"]

@@ -161,6 +161,11 @@ def make_parser(prog: str | None = None):
     return TrlParser((AVARJobArguments, AVARGRPOConfig), prog=prog, description=__doc__.split("\n")[0])
 
 
+def check(job: AVARJobArguments, args: AVARGRPOConfig) -> None:
+    """Every check of the job that needs no model (ValueError naming the field)."""
+    AVARRunner.check(job, args)
+
+
 def run(job: AVARJobArguments, args: AVARGRPOConfig) -> dict:
     """The whole job in this process; returns (and writes to ``args.output_dir``/report) the results."""
     return AVARRunner(job, args).run()

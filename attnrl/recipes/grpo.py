@@ -62,6 +62,13 @@ def make_parser(prog: str | None = None):
     return ray_aware_parser(GRPOJobArguments, AttnGRPOConfig, prog, __doc__.split("\n")[0])
 
 
+def check(job: GRPOJobArguments, args: AttnGRPOConfig, ray_args=None) -> None:
+    """Every check of the job that needs no model (ValueError naming the field)."""
+    GRPORunner.check(job, args)
+    if ray_args is not None:
+        ray_args.validate()
+
+
 def run(job: GRPOJobArguments, args: AttnGRPOConfig, ray_args=None) -> dict:
     """The job in this process, or on Ray when ``ray_args`` asks for it; returns the results dictionary."""
     return run_here_or_on_ray(GRPORunner, job, args, ray_args)

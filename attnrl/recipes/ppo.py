@@ -63,6 +63,13 @@ def make_parser(prog: str | None = None):
     return ray_aware_parser(PPOJobArguments, AttnPPOConfig, prog, __doc__.split("\n")[0])
 
 
+def check(job: PPOJobArguments, args: AttnPPOConfig, ray_args=None) -> None:
+    """Every check of the job that needs no model (ValueError naming the field)."""
+    PPORunner.check(job, args)
+    if ray_args is not None:
+        ray_args.validate()
+
+
 def run(job: PPOJobArguments, args: AttnPPOConfig, ray_args=None) -> dict:
     """The job in this process, or on Ray when ``ray_args`` asks for it; returns the results dictionary."""
     return run_here_or_on_ray(PPORunner, job, args, ray_args)

@@ -233,6 +233,11 @@ def make_parser(prog: str | None = None):
     return TrlParser((SITEJobArguments,), prog=prog, description=__doc__.split("\n")[0])
 
 
+def check(job: SITEJobArguments) -> None:
+    """Every check of the job that needs no model (ValueError naming the field)."""
+    job.validate()
+
+
 def run(job: SITEJobArguments) -> dict:
     """The whole comparison in this process; returns (and writes to ``job.output_json``) the results."""
     return SITERunner(job, None).run()

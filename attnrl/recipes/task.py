@@ -21,11 +21,14 @@ from peft import LoraConfig
 
 from attnrl.attention.capture import attention_layers, num_layers
 from attnrl.credit.config import CreditConfig, credit_config_from
+from attnrl.credit.strategies import strategy_needs
 from attnrl.evaluation import EvalResult, evaluate_accuracy
 from attnrl.models import DEFAULT_MODEL, load_model_and_tokenizer
+from attnrl.registry import RegistryError
 from attnrl.report import analyze_response, plot_reward_curve, plot_rhythm, rhythm_html
-from attnrl.rewards import TASKS, make_dataset
+from attnrl.rewards import REWARDS, TASKS, make_dataset
 
+from .config import ConfigError
 from .runner import JobRunner
 
 logger = logging.getLogger(__name__)
@@ -38,13 +41,16 @@ class TaskJobArguments:
     model_name_or_path: str = field(
         default=DEFAULT_MODEL, metadata={"help": f"'{DEFAULT_MODEL}' (embedded default), a local path or a Hub id."}
     )
-    task: str = field(default="arithmetic", metadata={"help": f"Task to train on: one of {sorted(TASKS)}."})
+    task: str = field(default="arithmetic", metadata={
+        "help": f"Task to train on: one of {', '.join(TASKS)}, or the import path of a Task, 'module:TASK'."})
     train_size: int = field(default=2000, metadata={"help": "Number of distinct training problems."})
     eval_size: int = field(default=200, metadata={"help": "Number of held-out problems (greedy accuracy)."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the task generator."})
     reward_names: list[str] = field(
         default_factory=lambda: ["correct"],
-        metadata={"help": "Rewards to use: 'correct' (the task's exact/math-verify reward) and/or 'format'."},
+        metadata={"help": "Rewards to use: 'correct' (the task's exact/math-verify reward), 'format' (the task's "
+                  f"format reward), a registered reward ({', '.join(REWARDS)}) or the import path of a TRL reward "
+                  "function, 'module:function'."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (0: train the full model)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -55,11 +61,19 @@ class TaskJobArguments:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field (no model needed)."""
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is unknown; choose one of {sorted(TASKS)}")
-        bad = [r for r in self.reward_names if r not in ("correct", "format")]
-        if bad or not self.reward_names:
-            raise ValueError(f"reward_names={self.reward_names}: use 'correct' and/or 'format'")
+        try:
+            TASKS.get(self.task)  # a registered name or an import path
+        except RegistryError as e:
+            raise ValueError(f"task={self.task!r} {e.reason}") from e
+        if not self.reward_names:
+            raise ValueError("reward_names=[]: name at least one reward, e.g. 'correct'")
+        for name in self.reward_names:
+            if name not in TASK_REWARDS:
+                try:
+                    REWARDS.get(name)
+                except RegistryError as e:
+                    raise ValueError(f"reward_names: {name!r} {e.reason} (or 'correct' / 'format', the task's "
+                                     "own)") from e
         for name in ("train_size", "eval_size", "eval_batch_size", "eval_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -67,10 +81,14 @@ class TaskJobArguments:
             raise ValueError(f"lora_r={self.lora_r} must be >= 0 (0 trains the full model)")
 
 
+TASK_REWARDS = ("correct", "format")  # reward names meaning the task's own: Task.reward_funcs[0], [1]
+
+
 def task_rewards(task: str, names: list[str]) -> list:
-    """The task's TRL reward functions selected by name ('correct' is first in the registry, 'format' second)."""
-    correct, fmt = TASKS[task].reward_funcs
-    return [{"correct": correct, "format": fmt}[n] for n in names]
+    """The TRL reward functions ``names`` stand for: 'correct' / 'format' the task's own (first and second of its
+    ``reward_funcs``), any other name a reward of :data:`attnrl.rewards.REWARDS` or an import path."""
+    own = dict(zip(TASK_REWARDS, TASKS.get(task).reward_funcs))
+    return [own[n] if n in own else REWARDS.get(n) for n in names]
 
 
 def lora_config(job: TaskJobArguments) -> LoraConfig | None:
@@ -92,7 +110,7 @@ def held_out_evaluator(job: TaskJobArguments, tokenizer, eval_set) -> Callable[[
     """``evaluate(model, desc) -> EvalResult``: greedy accuracy on the held-out set with the task's checker."""
 
     def evaluate(model, desc: str) -> EvalResult:
-        return evaluate_accuracy(model, tokenizer, eval_set, TASKS[job.task].is_correct,
+        return evaluate_accuracy(model, tokenizer, eval_set, TASKS.get(job.task).is_correct,
                                  max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size, desc=desc)
 
     return evaluate
@@ -116,7 +134,10 @@ class TaskJobRunner(JobRunner):
         self.check(self.job, self.args)
         torch.manual_seed(self.args.seed)
         self.model, self.tokenizer = self.load_model()
-        credit_config_from(self.args).validate_credit_layers(num_layers(self.model), attention_layers(self.model))
+        try:
+            credit_config_from(self.args).validate_credit_layers(num_layers(self.model), attention_layers(self.model))
+        except (ValueError, OSError) as e:  # a config mistake seen once the model is known, not a training failure
+            raise ConfigError(str(e)) from e
         self.train_set, self.eval_set = self.datasets()
         self.evaluate = self.evaluator()
 
@@ -149,8 +170,13 @@ class TaskJobRunner(JobRunner):
     # ---------------------------------------------------------------- pieces a subclass may replace
 
     def load_model(self):
-        """(model, tokenizer) of ``job.model_name_or_path``."""
-        return load_model_and_tokenizer(self.job.model_name_or_path)
+        """(model, tokenizer) of ``job.model_name_or_path``; one that cannot be found or read is a ConfigError."""
+        try:
+            return load_model_and_tokenizer(self.job.model_name_or_path)
+        except (OSError, ValueError) as e:  # transformers: not a folder nor a Hub id it can fetch, no model files in it
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"model_name_or_path={self.job.model_name_or_path!r} could not be loaded: {detail}") \
+                from e
 
     def datasets(self):
         return job_datasets(self.job)
@@ -210,7 +236,8 @@ def write_report(report_dir: Path, results: dict, trainer, tokenizer, after: Eva
     sample = next((r for r in after.records if r["correct"] and len(r["completion"]) > 1),
                   next((r for r in after.records if r["completion"]), None))
     if sample is not None:  # draw one held-out response with its preplan/anchor tokens
-        credit = args if args.credit_strategy in ("local_chunk", "global_anchor", "coupled") else CreditConfig()
+        # the run's own credit settings when its strategy reads attention alone (the drawing has no entropies)
+        credit = args if strategy_needs(args.credit_strategy) == {"attention"} else CreditConfig()
         model = trainer.accelerator.unwrap_model(trainer.model)
         analysis = analyze_response(model, tokenizer, sample["prompt"], sample["completion"], credit)
         title = f"{results['task']}: {sample['prompt'][-1]['content']}"
