@@ -256,8 +256,9 @@ def test_premise_tasks():
 def test_any_registered_task_has_premise_problems_and_a_task_can_bring_its_own(monkeypatch):
     """A task without its own premise problems uses its registry's held-out split; register_premise_task gives a task
     its own (e.g. problems saved with a model, as the organism study does), with ``model_name`` passed on."""
-    from attnrl.analysis import causal
     from attnrl.rewards import TASKS, make_examples
+
+    from attnrl.analysis import causal
 
     monkeypatch.setattr(causal, "PREMISE_TASKS", dict(causal.PREMISE_TASKS))  # registrations end with the test
     del causal.PREMISE_TASKS["countdown"]  # countdown as a plain registered task
