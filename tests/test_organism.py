@@ -285,7 +285,7 @@ def test_sweep_variants_budget_and_curve_area():
     for name, (strategy, credit, trl) in sweep.VARIANTS.items():
         CreditConfig(credit_strategy=strategy, **credit).validate_credit()
         assert set(trl) <= {"top_entropy_quantile"}, name
-    assert set(sweep.CORE) | set(sweep.EXTRA) == set(sweep.VARIANTS)
+    assert set(sweep.CORE) | set(sweep.EXTRA) | set(sweep.CONTROL) == set(sweep.VARIANTS)
     budget = sweep.OrganismBudget(steps=3, learning_rate=1e-3, checkpoint="/c", eval_split="val")
     args = sweep.parse_args(harness.budget_args(budget))
     assert sweep.OrganismBudget(**{k: getattr(args, k) for k in sweep.OrganismBudget.__dataclass_fields__}) == budget
