@@ -47,7 +47,6 @@ def test_the_wheel_holds_no_study_code_and_no_path_into_benchmarks(wheel):
     assert not [n for n in names if "organism" in n]
 
 
-@pytest.mark.slow
 def test_the_installed_wheel_imports_and_answers_help_outside_the_checkout(wheel, tmp_path):
     """The wheel installed into a bare folder (dependencies from this environment), run from outside the checkout:
     ``import attnrl`` comes from there, ``attnrl --help`` and ``attnrl premise --help`` work, and the study is never
