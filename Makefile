@@ -47,4 +47,4 @@ bench-kernels: setup  ## GPU: statistics kernels vs SDPA (see benchmarks/bench_a
 	$(PY) benchmarks/bench_attention_stats.py
 
 bench-learning: setup  ## every credit strategy x 3 seeds x 2 tasks (about 2 h on 2 CPU cores; resumes)
-	$(PY) benchmarks/learning/sweep.py --jobs 2 --threads 1
+	$(PY) -m benchmarks.learning.sweep --jobs 2 --threads 1

@@ -1,4 +1,4 @@
-"""The ``attnrl`` command: train, eval, analyze, publish.
+"""The ``attnrl`` command: train, eval, analyze, premise, publish.
 
 Every sub-command is a plain function (:func:`train`, :func:`evaluate`, :func:`analyze` here,
 :func:`attnrl.publish.publish`); :func:`main` parses arguments and prints errors. Usage::
@@ -6,13 +6,14 @@ Every sub-command is a plain function (:func:`train`, :func:`evaluate`, :func:`a
     attnrl train [CONFIG.yaml] [--recipe grpo|ppo|avar|site] [--field value ...]
     attnrl eval --task T [--model M] [--adapter DIR ...] [--n 200] [--pass_k 1 4 --samples 8 --temperature 1.0]
     attnrl analyze --out DIR [--model M] [--adapter DIR] (--prompt TEXT | --rollouts FILE.jsonl [--index I])
+    attnrl premise --out DIR [--model M] [--adapter DIR] [--task T] [--problems 120] [--k 4] [--regenerate]
     attnrl publish RUN_DIR --out DIR [--push_to_hub USER/REPO]
 
 ``train`` runs the recipe's own ``main`` (:mod:`attnrl.recipes`): the recipe is ``--recipe``, else the YAML's
 ``recipe:`` key, else grpo; every field of the recipe's dataclasses (job, trainer config, and for grpo/ppo
 RayArguments: ``--num_workers 2`` trains on Ray) is a YAML key and a flag. The other commands' options are the
-fields of :class:`EvalArguments`, :class:`AnalyzeArguments` and :class:`PublishArguments`, parsed the same way
-(``--config FILE.yaml``, ``--max_new_tokens`` or ``--max-new-tokens``). ``attnrl --help`` loads neither torch nor
+fields of :class:`EvalArguments`, :class:`AnalyzeArguments`, :class:`PremiseArguments` and :class:`PublishArguments`,
+parsed the same way (``--config FILE.yaml``, ``--max_new_tokens`` or ``--max-new-tokens``). ``attnrl --help`` loads neither torch nor
 trl; ``attnrl COMMAND --help`` lists the command's fields.
 
 Mistakes that can be seen before loading a model (an unknown config field, task or recipe, a missing adapter or
@@ -303,18 +304,32 @@ class AnalyzeArguments:
         "help": "JSONL with prompt/completion fields (e.g. RUN_DIR/report/eval_after.jsonl)."})
     index: int = field(default=0, metadata={"help": "Line of --rollouts to analyse."})
     max_new_tokens: int = field(default=64, metadata={"help": "Generation budget with --prompt (tokens)."})
-    causal: bool = field(default=False, metadata={
-        "help": "Instead of one response: the causal premise test (attnrl.analysis.causal) on held-out problems of "
-                "--causal_task; writes causal.json/.md/.png to --out."})
-    causal_task: str = field(default="arithmetic", metadata={
-        "help": "With --causal: 'arithmetic', 'countdown' or 'organism_countdown' (needs --model pointing at the "
-                "organism checkpoint)."})
-    causal_problems: int = field(default=120, metadata={"help": "With --causal: held-out problems."})
-    causal_k: int = field(default=4, metadata={"help": "With --causal: interventions per selector per response."})
-    causal_regenerate: bool = field(default=False, metadata={
-        "help": "With --causal: also regenerate after each intervention (outcome flips; about 15x slower)."})
-    causal_max_new_tokens: int = field(default=224, metadata={"help": "With --causal: response budget (tokens)."})
-    seed: int = field(default=0, metadata={"help": "With --causal: seed of the sampling and position draws."})
+
+
+@dataclass
+class PremiseArguments:
+    """``attnrl premise --out DIR``: the causal premise test (attnrl.analysis.causal) on held-out problems of a task:
+    do the tokens the credit rules amplify steer the final answer more than random tokens? Writes <name>.json/.md/.png
+    to --out."""
+
+    out: str = field(metadata={"help": "Output folder."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Base model: {DEFAULT_MODEL!r}, a path or Hub id."})
+    adapter: str | None = field(default=None, metadata={"help": "peft adapter folder."})
+    task: str = field(default="arithmetic", metadata={
+        "help": "Any registered task (its held-out split); arithmetic and countdown get a chain-of-thought "
+                "instruction (attnrl.analysis.causal.premise_task)."})
+    problems: int = field(default=120, metadata={"help": "Held-out problems."})
+    k: int = field(default=4, metadata={"help": "Interventions per selector per response."})
+    terms: int = field(default=2, metadata={"help": "arithmetic: numbers to add (2 or 3)."})
+    answer_span: str | None = field(default=None, metadata={
+        "help": "Where the final answer is: 'final' (last \\boxed{} or number), 'last_line' or 'last_step' (last "
+                "'a op b=r'); default: the task's."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the responses (0 = greedy)."})
+    max_new_tokens: int = field(default=224, metadata={"help": "Response budget (tokens)."})
+    regenerate: bool = field(default=False, metadata={
+        "help": "Also regenerate after each intervention (outcome flips; about 15x slower)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling and position draws."})
+    name: str = field(default="premise", metadata={"help": "Output file stem."})
 
 
 @dataclass
@@ -334,27 +349,25 @@ def run_eval(a: EvalArguments) -> None:
              task_seed=a.task_seed, seed=a.seed, out=a.out)
 
 
-def run_causal(a: AnalyzeArguments) -> None:
-    """``attnrl analyze --causal``: the premise test of docs/methods.md §1 on the model (and adapter)."""
+def run_premise(a: PremiseArguments) -> None:
+    """``attnrl premise``: the premise test of docs/methods.md §1 on the model (and adapter)."""
     from attnrl.analysis.causal import CausalConfig, format_table, run_causal_analysis
 
-    config = CausalConfig(interventions_per_selector=a.causal_k, max_new_tokens=a.causal_max_new_tokens,
-                          regenerate=a.causal_regenerate, seed=a.seed)
+    config = CausalConfig(interventions_per_selector=a.k, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                          regenerate=a.regenerate, seed=a.seed)
     config.validate()  # before the model loads
+    check_task(a.task)
     if a.adapter is not None:
         check_adapter(a.adapter, a.model)
     policy, tokenizer = load_policy(a.model, a.adapter)
-    checkpoint = a.model if a.causal_task == "organism_countdown" else None
-    result, paths = run_causal_analysis(policy, tokenizer, a.out, task=a.causal_task, problems=a.causal_problems,
-                                        config=config, checkpoint=checkpoint, meta={"model": a.model,
-                                                                                    "adapter": a.adapter})
+    result, paths = run_causal_analysis(policy, tokenizer, a.out, task=a.task, problems=a.problems, name=a.name,
+                                        config=config, terms=a.terms, model_name=a.model, answer_span=a.answer_span,
+                                        meta={"model": a.model, "adapter": a.adapter})
     print(format_table(result.summary))
     print(f"wrote {paths.get('json', Path(a.out))}")
 
 
 def run_analyze(a: AnalyzeArguments) -> None:
-    if a.causal:
-        return run_causal(a)
     analyze(a.out, a.model, a.adapter, prompt=a.prompt, rollouts=a.rollouts, index=a.index,
             max_new_tokens=a.max_new_tokens)
     print(f"wrote {Path(a.out) / 'rhythm.html'}")
@@ -373,6 +386,7 @@ COMMANDS = {
     "train": (f"Train a recipe ({'|'.join(RECIPES)}) from a YAML config; any field: --field value.", None, None),
     "eval": ("Held-out greedy accuracy and pass@k; comparison table.", EvalArguments, run_eval),
     "analyze": ("Attention rhythm of a response: PNGs + HTML page.", AnalyzeArguments, run_analyze),
+    "premise": ("Causal premise test: do amplified tokens steer the answer?", PremiseArguments, run_premise),
     "publish": ("Adapter + model card + checksums; optional Hub upload.", PublishArguments, run_publish),
 }
 

@@ -1,10 +1,13 @@
 """Causal test of the preplan-and-anchor premise (docs/methods.md §1): do anchor / preplan tokens steer the rest of
 a response more than random or high-entropy tokens?
 
-    python benchmarks/causal_premise.py --threads 1          # SmolLM2-135M-Instruct, arithmetic CoT, teacher-forced
-    python benchmarks/causal_premise.py --threads 1 --regenerate --problems 30 --k 2 --name smollm2-135m-instruct_regen
-    python benchmarks/causal_premise.py --model benchmarks/organism/checkpoint --task organism_countdown --regenerate
-    python benchmarks/causal_premise.py --model PATH --examples problems.jsonl --verifier pkg.module:is_correct
+    python -m benchmarks.causal_premise --threads 1          # SmolLM2-135M-Instruct, arithmetic CoT, teacher-forced
+    python -m benchmarks.causal_premise --threads 1 --regenerate --problems 30 --k 2 --name smollm2-135m-instruct_regen
+    python -m benchmarks.causal_premise --model benchmarks/organism/checkpoint --task organism_countdown --regenerate
+    python -m benchmarks.causal_premise --model PATH --examples problems.jsonl --verifier pkg.module:is_correct
+
+(from the repository root). The study's runner of the user command ``attnrl premise`` with every option: it
+registers the organism's task (``organism_countdown``, its problems those saved in the ``--model`` checkpoint).
 
 For each held-out problem one response is sampled; its tokens are scored with the trainer's statistics
 (CreditAssigner, default credit settings: W = 10, FAI horizon [s+10, s+100], q = 0.4); k tokens per selector
@@ -28,9 +31,21 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import organism  # noqa: F401  (registers organism_countdown and its premise problems)
+
 HERE = Path(__file__).resolve().parent
-PREMISE_TASKS = ("arithmetic", "countdown", "organism_countdown")  # attnrl.analysis.causal.premise_task
 DEFAULT_OUT = HERE / "results" / "causal"
+
+
+def premise_tasks() -> list[str]:
+    """Every task the premise test takes: the registered ones (attnrl.analysis.causal.premise_task)."""
+    from attnrl.rewards import TASKS
+
+    from attnrl.analysis.causal import PREMISE_TASKS
+
+    return sorted(set(TASKS) | set(PREMISE_TASKS))
+
+
 def load_verifier(spec: str):
     """``module:function`` -> the function (``is_correct(response_text, example) -> bool``)."""
     if ":" not in spec:
@@ -51,7 +66,7 @@ def load_model(name: str):
     from attnrl.models import load_model_and_tokenizer
 
     if (Path(name) / "build_info.json").exists():
-        from attnrl.organism import load_organism
+        from benchmarks.organism import load_organism
 
         return load_organism(name)
     return load_model_and_tokenizer(name)
@@ -80,7 +95,7 @@ def problems_and_verifier(args):
             raise SystemExit("--examples needs --verifier module:function (the task's checker does not apply)")
         examples, verify, span = load_examples(args.examples), load_verifier(args.verifier), "final"
     else:
-        examples, verify, span = premise_task(args.task, args.problems, terms=args.terms, checkpoint=args.model)
+        examples, verify, span = premise_task(args.task, args.problems, terms=args.terms, model_name=args.model)
     if args.verifier:
         verify = load_verifier(args.verifier)
     return examples[: args.problems], verify, (span if args.answer_span == "auto" else args.answer_span)
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--model", default="smollm2-135m-instruct", help="model name or local path")
     p.add_argument("--name", default=None, help="output file stem (default: from --model)")
-    p.add_argument("--task", default="arithmetic", choices=PREMISE_TASKS,
+    p.add_argument("--task", default="arithmetic", choices=premise_tasks(),
                    help="held-out task (organism_countdown: the problems saved in the --model checkpoint)")
     p.add_argument("--terms", type=int, default=2, choices=(2, 3), help="arithmetic: numbers to add")
     p.add_argument("--examples", default=None, help="JSONL problems (rows with 'prompt' + gold) instead of --task")

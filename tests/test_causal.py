@@ -253,6 +253,32 @@ def test_premise_tasks():
     assert text[s:e] == "19*5=95" and last_step_span("no steps") is None
 
 
+def test_any_registered_task_has_premise_problems_and_a_task_can_bring_its_own(monkeypatch):
+    """A task without its own premise problems uses its registry's held-out split; register_premise_task gives a task
+    its own (e.g. problems saved with a model, as the organism study does), with ``model_name`` passed on."""
+    from attnrl.rewards import TASKS, make_examples
+
+    from attnrl.analysis import causal
+
+    monkeypatch.setattr(causal, "PREMISE_TASKS", dict(causal.PREMISE_TASKS))  # registrations end with the test
+    del causal.PREMISE_TASKS["countdown"]  # countdown as a plain registered task
+    examples, verify, span = premise_task("countdown", 3)
+    assert examples == make_examples("countdown", "test", 3, seed=1) and span == "final"
+    assert verify is TASKS["countdown"].is_correct
+    seen = {}
+
+    def own(n, *, model_name=None, **options):
+        seen.update(n=n, model_name=model_name)
+        return [{"prompt": "p", "answer": "1"}] * n, verify, "last_line"
+
+    causal.register_premise_task("mine", own)
+    causal.register_premise_task("mine", own)  # the same function again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        causal.register_premise_task("mine", lambda n, **kw: None)
+    assert premise_task("mine", 2, model_name="/models/m")[2] == "last_line" and seen == {"n": 2,
+                                                                                          "model_name": "/models/m"}
+
+
 def test_run_causal_analysis_teacher_forced_only(tmp_path):
     tok = tiny_tokenizer()
     model = tiny_causal_lm("llama", vocab_size=len(tok))

@@ -561,17 +561,27 @@ def test_train_help_is_the_recipe_parser_help(capsys):
     assert help_text.startswith("usage: attnrl train") and "--critic_mode" in help_text and "--num_workers" in help_text
 
 
-def test_analyze_causal_runs_the_premise_test_on_the_organism(tmp_path, capsys):
-    """``attnrl analyze --causal``: the premise test on the committed organism checkpoint writes its table,
-    JSON and plot, with the same number of interventions for every selector."""
+def test_premise_runs_the_causal_test_on_a_task_registered_by_the_study(tmp_path, capsys):
+    """``attnrl premise``: the premise test on the committed organism checkpoint (its task registered by importing
+    the study package, its problems those saved with the model) writes its table, JSON and plot, with the same
+    number of interventions for every selector."""
     import json
 
+    import benchmarks.organism  # noqa: F401  (registers organism_countdown and its premise problems)
+
     checkpoint = Path(__file__).resolve().parents[1] / "benchmarks" / "organism" / "checkpoint"
-    out = tmp_path / "causal"
-    cli.main(["analyze", "--causal", "--causal_task", "organism_countdown", "--model", str(checkpoint),
-              "--causal_problems", "6", "--causal_k", "1", "--causal_max_new_tokens", "160", "--out", str(out)])
+    out = tmp_path / "premise"
+    cli.main(["premise", "--task", "organism_countdown", "--model", str(checkpoint), "--problems", "6", "--k", "1",
+              "--max_new_tokens", "160", "--out", str(out)])
     assert "| logp_abs | anchor |" in capsys.readouterr().out
-    data = json.loads((out / "causal.json").read_text())
-    assert (out / "causal.png").stat().st_size > 0 and (out / "causal.md").exists()
+    data = json.loads((out / "premise.json").read_text())
+    assert (out / "premise.png").stat().st_size > 0 and (out / "premise.md").exists()
+    assert data["meta"]["answer_span"] == "last_step" and data["meta"]["task"] == "organism_countdown"
     counts = {s: e["interventions"] for s, e in data["summary"]["measures"]["logp_abs"].items()}
     assert len(set(counts.values())) == 1 and next(iter(counts.values())) > 0, counts
+
+
+def test_premise_refuses_an_unknown_task_before_loading_a_model(tmp_path, capsys):
+    assert cli.main(["premise", "--task", "nosuchtask", "--model", str(tmp_path / "missing"), "--out",
+                     str(tmp_path / "o")]) == 2
+    assert "nosuchtask" in capsys.readouterr().err

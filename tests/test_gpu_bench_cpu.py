@@ -1,11 +1,10 @@
 """The GPU measurement scripts, checked on CPU: their --cpu-check modes at toy sizes (Triton interpreted), the
 eager / paper-approach statistics against the reference, the goal marks, the one-command plan and the wheels."""
 
-import importlib.util
+import importlib
 import json
 import re
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,14 +17,8 @@ BENCH = ROOT / "benchmarks"
 
 
 def load(name: str):
-    """Import benchmarks/<name>.py as a module (registered first: its dataclasses look it up)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/<name>.py as the module ``benchmarks.<name>`` (the repository root is on pytest's path)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -12,20 +11,10 @@ from pathlib import Path
 import pytest
 
 from attnrl.utils.tiny import tiny_causal_lm, tiny_tokenizer
+from benchmarks import harness
+from benchmarks.learning import summarize, sweep
 
-LEARNING = Path(__file__).resolve().parent.parent / "benchmarks" / "learning"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"learning_{name}", LEARNING / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load("sweep")
-summarize = _load("summarize")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _cell(task, strategy, seed, final, rewards=(0.1, 0.2)):
@@ -40,7 +29,7 @@ def _cell(task, strategy, seed, final, rewards=(0.1, 0.2)):
 def _write_cells(out: Path, cells: list[dict]) -> None:
     (out / "cells").mkdir(parents=True)
     for c in cells:
-        (out / "cells" / f"{sweep.cell_name(c['task'], c['strategy'], c['seed'])}.json").write_text(json.dumps(c))
+        (out / "cells" / f"{harness.cell_name(c['task'], c['strategy'], c['seed'])}.json").write_text(json.dumps(c))
     (out / "base__arithmetic.json").write_text(json.dumps({"accuracy": 0.2}))
 
 
@@ -78,21 +67,21 @@ def test_curve_points_put_the_shared_base_at_step_zero():
 def test_pending_cells_skips_finished_ones_seed_major(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "arithmetic__uniform__s0.json").write_text("{}")
-    todo = sweep.pending_cells(["arithmetic", "countdown"], ["uniform", "coupled"], [0, 1], tmp_path)
+    todo = harness.pending_cells(["arithmetic", "countdown"], ["uniform", "coupled"], [0, 1], tmp_path)
     assert todo[:3] == [("arithmetic", "coupled", 0), ("countdown", "uniform", 0), ("countdown", "coupled", 0)]
     assert len(todo) == 7 and ("arithmetic", "uniform", 0) not in todo
 
 
 def test_resuming_with_another_budget_is_refused(tmp_path):
-    sweep.check_budget_matches(tmp_path, sweep.SweepBudget(steps=4))
-    sweep.check_budget_matches(tmp_path, sweep.SweepBudget(steps=4))  # same settings: fine
+    harness.check_budget_matches(tmp_path, sweep.SweepBudget(steps=4))
+    harness.check_budget_matches(tmp_path, sweep.SweepBudget(steps=4))  # same settings: fine
     with pytest.raises(SystemExit, match="steps"):
-        sweep.check_budget_matches(tmp_path, sweep.SweepBudget(steps=5))
+        harness.check_budget_matches(tmp_path, sweep.SweepBudget(steps=5))
 
 
 def test_budget_round_trips_through_the_command_line():
     budget = sweep.SweepBudget(steps=3, learning_rate=1e-3, model="/some/path")
-    args = sweep.parse_args(sweep.budget_args(budget))
+    args = sweep.parse_args(harness.budget_args(budget))
     assert sweep.SweepBudget(**{k: getattr(args, k) for k in sweep.SweepBudget.__dataclass_fields__}) == budget
 
 
@@ -102,10 +91,10 @@ def test_sweep_runs_resumes_and_reruns_only_missing_cells(tmp_path):
     tiny_causal_lm("llama").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(LEARNING / "sweep.py"), "--model", str(model_dir), "--steps", "2", "--eval-every", "1",
+    cmd = [sys.executable, "-m", "benchmarks.learning.sweep", "--model", str(model_dir), "--steps", "2", "--eval-every", "1",
            "--eval-size", "8", "--train-size", "40", "--seeds", "0", "--tasks", "arithmetic",
            "--strategies", "uniform", "coupled", "--threads", "1", "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     cells = {p.name: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert set(cells) == {"arithmetic__uniform__s0.json", "arithmetic__coupled__s0.json"}
@@ -116,13 +105,13 @@ def test_sweep_runs_resumes_and_reruns_only_missing_cells(tmp_path):
 
     # resume: nothing left to do, finished cells are untouched
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "2/2 cells already done; running 0" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == mtimes
 
     # an interrupted sweep (one cell missing) runs only that cell
     (out / "cells" / "arithmetic__uniform__s0.json").unlink()
-    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert third.returncode == 0 and "1/2 cells already done; running 1" in third.stdout
     assert (out / "cells" / "arithmetic__uniform__s0.json").exists()
     assert (out / "cells" / "arithmetic__coupled__s0.json").stat().st_mtime_ns == mtimes["arithmetic__coupled__s0.json"]

@@ -1,10 +1,10 @@
-"""attnrl.organism: the Countdown-search task, its verifier and reward, the tokenizer, the builder, the sweep helpers."""
+"""benchmarks.organism (the study's model organism): the Countdown-search task, its verifier and reward, the tokenizer, the builder, the sweep helpers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 from attnrl.rewards import TASKS, split_of
 
-from attnrl.organism import (
+from benchmarks import harness
+from benchmarks.organism import (
     TASK_NAME,
     CountdownSpec,
     OrganismBuildConfig,
@@ -28,7 +29,9 @@ from attnrl.organism import (
     verify_trace,
     write_trace,
 )
-from attnrl.organism.task import (
+from benchmarks.organism import summarize as organism_summarize
+from benchmarks.organism import sweep as organism_sweep
+from benchmarks.organism.task import (
     LINE_PATTERN,
     TRACE_PATTERN,
     problem_key,
@@ -40,16 +43,13 @@ from attnrl.organism.task import (
     trace_format_reward,
 )
 
-ORGANISM = Path(__file__).resolve().parent.parent / "benchmarks" / "organism"
+REPO = Path(__file__).resolve().parent.parent
+ORGANISM = REPO / "benchmarks" / "organism"
 RIGHT = "12*5=60 [7 60] 60+7=67 60-7=53 60*7=420 x\n12+7=19 [5 19] 19+5=24 19-5=14 19*5=95"
 
 
 def _load_sweep():
-    spec = importlib.util.spec_from_file_location("organism_sweep", ORGANISM / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return organism_sweep
 
 
 @pytest.fixture(scope="module")
@@ -269,9 +269,9 @@ def test_bad_build_settings_fail_before_any_work(tmp_path):
 
 
 def test_command_line_reaches_nested_settings():
-    from attnrl.organism.__main__ import config_from_args, parse_args
+    from benchmarks.organism.build import config_from_args, parse_args
 
-    cfg = config_from_args(parse_args(["build", "--max-steps", "7", "--model-hidden-size", "64",
+    cfg = config_from_args(parse_args(["--max-steps", "7", "--model-hidden-size", "64",
                                        "--task-max-value", "9", "--out-dir", "/x"]))
     assert (cfg.max_steps, cfg.model.hidden_size, cfg.task.max_value, cfg.out_dir) == (7, 64, 9, "/x")
     assert cfg.model.num_layers == OrganismModelConfig().num_layers
@@ -287,7 +287,7 @@ def test_sweep_variants_budget_and_curve_area():
         assert set(trl) <= {"top_entropy_quantile"}, name
     assert set(sweep.CORE) | set(sweep.EXTRA) | set(sweep.CONTROL) == set(sweep.VARIANTS)
     budget = sweep.OrganismBudget(steps=3, learning_rate=1e-3, checkpoint="/c", eval_split="val")
-    args = sweep.parse_args(sweep.learning_sweep.budget_args(budget))
+    args = sweep.parse_args(harness.budget_args(budget))
     assert sweep.OrganismBudget(**{k: getattr(args, k) for k in sweep.OrganismBudget.__dataclass_fields__}) == budget
     assert sweep.OrganismBudget().checkpoint_path() == ORGANISM / "checkpoint"  # relative to the repository root
     assert budget.checkpoint_path() == Path("/c")
@@ -301,7 +301,7 @@ def test_sweep_variants_budget_and_curve_area():
     sampled = [{"step": 50, "accuracy": 0.4, "sampled_accuracy": 0.1}, {"step": 100, "accuracy": 0.6,
                                                                           "sampled_accuracy": 0.3}]
     assert sweep.area_under_curve(sampled, 0.0, "sampled_accuracy") == pytest.approx((50 * 0.05 + 50 * 0.2) / 100)
-    todo = sweep.learning_sweep.pending_cells([sweep.TASK], ["uniform", "coupled"], [0, 1], Path("/nonexistent"))
+    todo = harness.pending_cells([sweep.TASK], ["uniform", "coupled"], [0, 1], Path("/nonexistent"))
     assert todo == [("organism", "uniform", 0), ("organism", "coupled", 0), ("organism", "uniform", 1),
                     ("organism", "coupled", 1)]  # seed-major
 
@@ -312,9 +312,9 @@ def test_results_folder_refuses_another_budget_but_not_a_setting_added_since(tmp
 
     old = {k: v for k, v in asdict(sweep.OrganismBudget()).items() if k != "eval_samples"}  # a folder from before
     (tmp_path / "budget.json").write_text(json.dumps(old))
-    sweep.learning_sweep.check_budget_matches(tmp_path, sweep.OrganismBudget())  # the new setting at its default
+    harness.check_budget_matches(tmp_path, sweep.OrganismBudget())  # the new setting at its default
     with pytest.raises(SystemExit, match="eval_samples"):
-        sweep.learning_sweep.check_budget_matches(tmp_path, sweep.OrganismBudget(eval_samples=4))
+        harness.check_budget_matches(tmp_path, sweep.OrganismBudget(eval_samples=4))
 
 
 def test_sampled_evaluation_is_seeded_and_leaves_the_training_rng_alone(tmp_path):
@@ -356,15 +356,13 @@ def test_credit_positions_count_where_amplified_tokens_sit():
 
 @pytest.mark.slow
 def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
-    import subprocess
-
     build_organism(_tiny_config(tmp_path / "ckpt"))
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(ORGANISM / "sweep.py"), "--checkpoint", str(tmp_path / "ckpt"), "--steps", "2",
+    cmd = [sys.executable, "-m", "benchmarks.organism.sweep", "--checkpoint", str(tmp_path / "ckpt"), "--steps", "2",
            "--eval-every", "1", "--eval-size", "4", "--train-size", "8", "--prompts-per-step", "2",
            "--num-generations", "2", "--max-completion-length", "16", "--seeds", "0", "--strategies", "coupled_scaled",
            "trl_top_entropy", "--jobs", "1", "--eval-samples", "2", "--out", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     cell = json.loads((out / "cells" / "organism__coupled_scaled__s0.json").read_text())
     assert [p["step"] for p in cell["accuracy_curve"]] == [1, 2] and len(cell["train_reward_curve"]) == 2
@@ -379,10 +377,7 @@ def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ sweep summary
 def _load_summarize():
-    spec = importlib.util.spec_from_file_location("organism_summarize", ORGANISM / "summarize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return organism_summarize
 
 
 def _summary_cell(strategy: str, seed: int, final: float) -> dict:

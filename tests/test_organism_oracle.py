@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,20 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnrl.organism import organism_tokenizer
+from benchmarks.organism import oracle, organism_tokenizer
 
-ORGANISM = Path(__file__).resolve().parent.parent / "benchmarks" / "organism"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"organism_{name}", ORGANISM / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-oracle = _load("oracle")
+REPO = Path(__file__).resolve().parent.parent
 
 # 12 7 5 -> 95. Line 1 picks 12*5 (pool [7 60]: no way to 95, a decisive error); line 2 solves it.
 NUMBERS, TARGET = [12, 7, 5], 95
@@ -105,10 +93,10 @@ def test_oracle_arm_trains_and_checks_its_row_alignment(tmp_path):
     """Two oracle steps on the committed organism: gamma comes from the oracle, and every row with a positive
     advantage is one the verifier accepts for the problem the oracle was given (rows and problems aligned)."""
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(ORGANISM / "sweep.py"), "--steps", "2", "--eval-every", "2", "--eval-size", "4",
+    cmd = [sys.executable, "-m", "benchmarks.organism.sweep", "--steps", "2", "--eval-every", "2", "--eval-size", "4",
            "--eval-batch-size", "4", "--prompts-per-step", "4", "--seeds", "0", "--strategies", "oracle_strong",
            "--jobs", "1", "--out", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     cell = json.loads((out / "cells" / "organism__oracle_strong__s0.json").read_text())
     assert cell["oracle_gamma_amp"] == 3.0 and cell["credit_strategy"] == "uniform"

@@ -3,8 +3,6 @@ runner phases (local, PPO callbacks, the learning sweep), AVAR and SITE end to e
 handling: every check before any model work, CPU-safe precision defaults, YAML errors that name the file."""
 
 import ast
-import importlib
-import importlib.util
 import json
 import logging
 import subprocess
@@ -301,17 +299,8 @@ def test_a_callback_can_stop_ppo_training_early(tmp_path):
     trainer.add_callback(StopAfterOne)  # a class, as transformers.Trainer.add_callback takes
     assert trainer.train().global_step == 1
 
-def _learning_sweep():
-    spec = importlib.util.spec_from_file_location("learning_sweep_for_recipes", REPO / "benchmarks" / "learning" /
-                                                  "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_learning_sweep_trains_each_cell_with_the_recipes_runner(tmp_path):
-    sweep = _learning_sweep()
+    from benchmarks.learning import sweep
     runner = sweep.cell_runner("countdown", "coupled_short", 2, sweep.SweepBudget(steps=3), tmp_path)
     assert isinstance(runner, GRPORunner) and type(runner).run is JobRunner.run
     assert (runner.args.max_steps, runner.args.seed, runner.args.credit_strategy, runner.args.credit_window) == \

@@ -151,7 +151,7 @@ def final_answer_span(text: str) -> tuple[int, int] | None:
 
 
 def last_line_span(text: str) -> tuple[int, int] | None:
-    """Character span [start, end) of the last non-empty line (stripped), e.g. the organism's answer line."""
+    """Character span [start, end) of the last non-empty line (stripped), e.g. an answer written on the last line."""
     end = len(text.rstrip())
     if end == 0:
         return None
@@ -165,7 +165,7 @@ _STEP = re.compile(r"\d+[-+*/]\d+=\d+")
 
 
 def last_step_span(text: str) -> tuple[int, int] | None:
-    """Character span of the last ``a op b=r`` step, e.g. the organism's final operation (the one giving the target)."""
+    """Character span of the last ``a op b=r`` step, e.g. the final operation of a written search (giving the target)."""
     matches = list(_STEP.finditer(text))
     return (matches[-1].start(), matches[-1].end()) if matches else None
 
@@ -607,31 +607,29 @@ def causal_premise(
 # ------------------------------------------------------------------------------------------------ tasks
 
 COT_SUFFIX = "Let's think step by step."
-PREMISE_TASKS = ("arithmetic", "countdown", "organism_countdown")
+PremiseProblems = tuple[list[dict], Callable[[str, dict], bool], str]  # (examples, is_correct, answer-span name)
+PREMISE_TASKS: dict[str, Callable[..., PremiseProblems]] = {}
+"""Task name -> ``problems(n, *, seed, terms, model_name) -> (examples, is_correct, answer-span name)``: tasks whose
+premise-test problems differ from their registry's held-out split (see :func:`register_premise_task`)."""
 
 
-def premise_task(task: str, n: int, *, seed: int = 1, terms: int = 2, checkpoint: str | Path | None = None):
-    """(examples, is_correct, answer-span name) for the premise test on held-out problems of ``task`` (ours).
+def register_premise_task(name: str, problems: Callable[..., PremiseProblems]) -> None:
+    """Give task ``name`` its own premise-test problems (idempotent for the same function).
 
-    ``arithmetic``: two-digit sums of ``terms`` (2 or 3) numbers with a chain-of-thought instruction;
-    ``countdown``: two-number Countdown (numbers <= 50) with the same instruction; ``organism_countdown``: the
-    held-out problems saved in the organism ``checkpoint``; its answer is the last line, of which the last step
-    (the operation giving the target) is taken as the answer span, so the earlier steps of that line (which decide
-    whether it can succeed) can be intervened on.
-    """
+    ``problems(n, *, seed, terms, model_name)`` returns ``n`` held-out examples (rows with ``prompt`` and the task's
+    gold columns), the verifier ``is_correct(response_text, example)`` and the name of the answer span in
+    :data:`ANSWER_SPANS`; ``model_name`` is the model under test (for problems saved with a model), ``terms`` the
+    arithmetic option (ignored elsewhere). A task without one uses its registry's held-out split
+    (:func:`premise_task`)."""
+    if PREMISE_TASKS.get(name, problems) is not problems:
+        raise ValueError(f"premise task {name!r} is already registered")
+    PREMISE_TASKS[name] = problems
+
+
+def _arithmetic_premise(n: int, *, seed: int = 1, terms: int = 2, **_) -> PremiseProblems:
+    """Two-digit sums of ``terms`` (2 or 3) numbers with a chain-of-thought instruction."""
     from attnrl.rewards.tasks import TASKS, make_examples, user_prompt
 
-    if task not in PREMISE_TASKS:
-        raise ValueError(f"task={task!r}: use one of {PREMISE_TASKS}")
-    if task == "organism_countdown":
-        import attnrl.organism as organism
-
-        return [dict(r) for r in organism.load_problems("test", checkpoint, n)], organism.is_correct, "last_step"
-    if task == "countdown":
-        examples = make_examples("countdown", "test", n, seed=seed, sizes=(2,), max_number=50, max_target=200)
-        for ex in examples:
-            ex["prompt"] = user_prompt(ex["prompt"][0]["content"] + " " + COT_SUFFIX)
-        return examples, TASKS["countdown"].is_correct, "final"
     if terms not in (2, 3):
         raise ValueError(f"terms={terms}: arithmetic problems add 2 or 3 numbers")
     if terms == 2:
@@ -648,19 +646,58 @@ def premise_task(task: str, n: int, *, seed: int = 1, terms: int = 2, checkpoint
     return examples, TASKS["arithmetic"].is_correct, "final"
 
 
+def _countdown_premise(n: int, *, seed: int = 1, **_) -> PremiseProblems:
+    """Two-number Countdown (numbers <= 50) with the chain-of-thought instruction."""
+    from attnrl.rewards.tasks import TASKS, make_examples, user_prompt
+
+    examples = make_examples("countdown", "test", n, seed=seed, sizes=(2,), max_number=50, max_target=200)
+    for ex in examples:
+        ex["prompt"] = user_prompt(ex["prompt"][0]["content"] + " " + COT_SUFFIX)
+    return examples, TASKS["countdown"].is_correct, "final"
+
+
+register_premise_task("arithmetic", _arithmetic_premise)
+register_premise_task("countdown", _countdown_premise)
+
+
+def premise_task(task: str, n: int, *, seed: int = 1, terms: int = 2, model_name: str | Path | None = None
+                 ) -> PremiseProblems:
+    """(examples, is_correct, answer-span name) for the premise test on ``n`` held-out problems of ``task`` (ours).
+
+    ``arithmetic``: two-digit sums of ``terms`` (2 or 3) numbers with a chain-of-thought instruction;
+    ``countdown``: two-number Countdown (numbers <= 50) with the same instruction; a task given its own problems
+    by :func:`register_premise_task`: those (``model_name`` passed on); any other task registered in
+    :data:`attnrl.rewards.TASKS`: its held-out split (``make_examples(task, "test", n, seed=seed)``), its checker and
+    the ``final`` answer span (the last ``\\boxed{}`` or number).
+    """
+    from attnrl.rewards.tasks import TASKS, make_examples
+
+    if task in PREMISE_TASKS:
+        return PREMISE_TASKS[task](n, seed=seed, terms=terms, model_name=model_name)
+    if task in TASKS:
+        return make_examples(task, "test", n, seed=seed), TASKS[task].is_correct, "final"
+    raise ValueError(f"task={task!r} is unknown; use one of {sorted(set(TASKS) | set(PREMISE_TASKS))}")
+
+
 def run_causal_analysis(
     model, tokenizer, out_dir: str | Path, *, task: str = "arithmetic", problems: int = 48, name: str = "causal",
     config: CausalConfig | None = None, credit: CreditConfig | None = None, terms: int = 2,
-    checkpoint: str | Path | None = None, progress: bool = True, meta: dict | None = None,
+    model_name: str | Path | None = None, answer_span: str | None = None, progress: bool = True,
+    meta: dict | None = None,
 ) -> tuple[CausalResult, dict[str, Path]]:
-    """The premise test on ``problems`` held-out problems of ``task`` (:func:`premise_task`), written to ``out_dir``
-    as ``<name>.json/.md/.png`` (:func:`write_causal_report`). Returns (result, paths)."""
+    """The premise test on ``problems`` held-out problems of ``task`` (:func:`premise_task`; ``model_name``: the
+    model's name or folder, passed to a task whose problems come with the model), written to ``out_dir`` as
+    ``<name>.json/.md/.png`` (:func:`write_causal_report`). ``answer_span`` (a key of :data:`ANSWER_SPANS`)
+    overrides the task's. Returns (result, paths)."""
     if problems < 1:
         raise ValueError(f"problems={problems} must be >= 1")
+    if answer_span is not None and answer_span not in ANSWER_SPANS:
+        raise ValueError(f"answer_span={answer_span!r}: use one of {sorted(ANSWER_SPANS)}")
     (config or CausalConfig()).validate()
-    examples, verify, span = premise_task(task, problems, terms=terms, checkpoint=checkpoint)
+    examples, verify, span = premise_task(task, problems, terms=terms, model_name=model_name)
+    span = answer_span or span
     meta = {"task": task, "terms": terms, "answer_span": span, **(meta or {})}
-    result = causal_premise(model, tokenizer, examples, verify, config, credit, span_fn=ANSWER_SPANS[span],
+    result = causal_premise(model, tokenizer, examples[:problems], verify, config, credit, span_fn=ANSWER_SPANS[span],
                             progress=progress, meta=meta)
     return result, write_causal_report(result, out_dir, name)
 

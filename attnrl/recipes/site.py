@@ -69,7 +69,7 @@ class SITEJobArguments:
     max_new_tokens: int = field(default=6, metadata={"help": "Greedy generation budget of the evaluation (tokens)."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=0, metadata={"help": "Seed of the task generators, splits and demonstrations."})
-    output_json: str = field(default="benchmarks/results/site_smollm2.json", metadata={"help": "Results file."})
+    output_json: str = field(default="runs/site/results.json", metadata={"help": "Results file."})
     artifact_dir: str = field(default="runs/site", metadata={"help": "Where the SITE artifacts are saved."})
 
     def validate(self) -> None:

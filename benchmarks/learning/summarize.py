@@ -1,6 +1,6 @@
 """Table and plots of a learning sweep (see sweep.py): mean and spread over seeds per (task, strategy).
 
-    python benchmarks/learning/summarize.py [--out benchmarks/results/learning]
+    python -m benchmarks.learning.summarize [--out benchmarks/results/learning]     # from the repository root
 
 Writes ``summary.json``, ``summary.md``, ``learning_curves.png`` (held-out accuracy vs step, mean line and
 min-max band over seeds, one panel per task) and ``reward_curves.png`` (training reward, same layout).

@@ -1,7 +1,7 @@
 """Oracle credit: the positive control of the organism study (PREREGISTRATION.md, amendment 3).
 
 Not a user feature: a study-side strategy that knows the task. It uses the organism's exact parser and search
-(:mod:`attnrl.organism.task`) to find the characters that *decide* a completion's outcome, and amplifies their
+(:mod:`benchmarks.organism.task`) to find the characters that *decide* a completion's outcome, and amplifies their
 advantage by ``gamma_amp`` (1.5: the paper's dose; 3: the strong dose), capped at the same share of each row as
 the attention strategies' TopQ (q = 0.4).
 
@@ -12,7 +12,7 @@ Decisive tokens, by the sign of the row's group advantage A:
   made the answer; results, pools, the failed attempts on the last pair and earlier lines are not.
 - **A < 0** (the completion is wrong): in every line, the operand and operator characters of the line's *first
   decisive error*, the first consuming step after which the line can no longer succeed: a legal step that turns a
-  solvable pool into an unsolvable one (under the search's rules, :func:`attnrl.organism.task.solvable`), or an
+  solvable pool into an unsolvable one (under the search's rules, :func:`benchmarks.organism.task.solvable`), or an
   illegal step (an operand that is not in the pool, inexact arithmetic). Later steps of a doomed line decide
   nothing more, so they are left alone. A wrong row with no such step (a truncated but still viable search) gets
   no amplified token.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnrl.organism.task import _exact, solvable, verify_trace
+from .task import _exact, solvable, verify_trace
 
 #: one arithmetic step with its character offsets; ``consuming`` steps are followed by their new pool
 _STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")

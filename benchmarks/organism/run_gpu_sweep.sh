@@ -6,12 +6,12 @@
 #   CPU_CHECK=1 bash benchmarks/organism/run_gpu_sweep.sh OUT_DIR  the same steps on CPU with a 2-step budget
 # Steps: install the carried wheels (trl, datasets, math-verify, ... into a temporary --target folder); copy the
 # committed GPU results folder (benchmarks/results/organism_sampled_gpu: budget.json, base, finished cells) to a
-# work folder so that the sweep resumes; run benchmarks/organism/sweep.py --device cuda with JOBS cells at once
+# work folder so that the sweep resumes; run python -m benchmarks.organism.sweep --device cuda with JOBS cells at once
 # (default 16, one CPU thread each: the machine's 16 cores drive generation) until TOTAL_S minus a margin; pack the
 # folder (cells, logs, base, summary; no training runs) into OUT_DIR/organism_sampled_gpu.tar.gz. A cell still
 # running at the deadline is lost (a cell is only written when it finishes), so each call adds the cells that fit.
 # Back here: tar -xzf <files_at>/organism_sampled_gpu.tar.gz -C benchmarks/results, then
-# python benchmarks/organism/summarize.py --out benchmarks/results/organism_sampled_gpu, and commit.
+# python -m benchmarks.organism.summarize --out benchmarks/results/organism_sampled_gpu, and commit.
 # GPU cells never mix with CPU cells: the budget's `device` differs, and sweep.py refuses mixed folders.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -45,7 +45,9 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,
 source benchmarks/gpu_env.sh
 PKG="$(mktemp -d)"
 layout_package "$PKG"
-export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# the laid-out package first, then the checkout root for the study package (benchmarks.*); PYTHONSAFEPATH keeps
+# `python -m` from putting the working directory (whose attnrl/ lacks attnrl.kernels) in front of them
+export PYTHONPATH="$PKG:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [[ "$CPU_CHECK" != 1 ]] && ls .whl/*.whl > /dev/null 2>&1 && wheels_match "$PY"; then
   SITE="$(mktemp -d)"
   "$PY" "${WHEEL_INSTALL_ARGS[@]}" --target "$SITE" .whl/*.whl \
@@ -68,12 +70,12 @@ if ((LIMIT < 5)); then  # (timeout 0 would mean no limit at all)
   rc=124
 else
   echo "=== sweep, limit ${LIMIT}s"
-  timeout -k 10 "$LIMIT" "$PY" benchmarks/organism/sweep.py "${BUDGET[@]}" "${CELLS[@]}" --jobs "$JOBS" \
+  timeout -k 10 "$LIMIT" "$PY" -m benchmarks.organism.sweep "${BUDGET[@]}" "${CELLS[@]}" --jobs "$JOBS" \
     --threads 1 --out "$WORK"
   rc=$?
 fi
 echo "=== sweep rc=$rc (124: stopped at the deadline; the cells finished before it are kept)"
-timeout 30 "$PY" benchmarks/organism/summarize.py --out "$WORK" > /dev/null || echo "summary skipped (rc=$?)"
+timeout 30 "$PY" -m benchmarks.organism.summarize --out "$WORK" > /dev/null || echo "summary skipped (rc=$?)"
 rm -rf "$WORK/runs"
 tar -czf "$OUT_DIR/$NAME.tar.gz" -C "$(dirname "$WORK")" "$NAME"
 echo "packed $(ls "$WORK/cells" 2> /dev/null | wc -l) finished cells into $OUT_DIR/$NAME.tar.gz"

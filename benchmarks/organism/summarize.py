@@ -1,6 +1,6 @@
 """Summary of the organism sweep (sweep.py): the pre-registered paired analysis against plain GRPO.
 
-    python benchmarks/organism/summarize.py [--out benchmarks/results/organism]
+    python -m benchmarks.organism.summarize [--out benchmarks/results/organism]     # from the repository root
 
 Follows benchmarks/organism/PREREGISTRATION.md. Core strategies are analysed on the seeds where *every* core
 strategy finished (so a partial sweep stays paired); the second-pass strategies on the seeds they share with

@@ -1,57 +1,44 @@
 """Powered credit sweep on the organism: the same GRPO budget for every strategy, many paired seeds.
 
-    python benchmarks/organism/sweep.py                       # every cell, 2 at a time (resumes where it stopped)
-    python benchmarks/organism/sweep.py --jobs 2 --threads 1  # the CPU setting: two cells at once, one thread each
-    python benchmarks/organism/sweep.py --summarize-only      # tables from the cells already done
+    python -m benchmarks.organism.sweep                       # every cell, 2 at a time (resumes where it stopped)
+    python -m benchmarks.organism.sweep --jobs 2 --threads 1  # the CPU setting: two cells at once, one thread each
+    python -m benchmarks.organism.sweep --summarize-only      # tables from the cells already done
+
+Run from the repository root.
 
 A *cell* is one (strategy, seed): the organism checkpoint (benchmarks/organism/checkpoint, see build.py) fully
 fine-tuned by AttnGRPOTrainer for ``--steps`` steps; greedy accuracy on the first ``--eval-size`` problems of the
 checkpoint's ``--eval-split`` (``test``: the held-out set, disjoint from SFT and GRPO problems; ``val`` for pilots)
-every ``--eval-every`` steps. Cells run in their own processes (benchmarks/learning/sweep.py's runner) and write
-``<out>/cells/organism__<strategy>__s<seed>.json`` atomically when they finish, so the sweep resumes with the missing
-cells; the order is seed-major (every strategy of seed 0, then seed 1, ...) so that a partial sweep stays paired.
+every ``--eval-every`` steps. Cells run in their own processes (:mod:`benchmarks.harness`, the harness the learning
+sweep uses too) through the GRPO recipe's runner phases, and write ``<out>/cells/organism__<strategy>__s<seed>.json``
+atomically when they finish, so the sweep resumes with the missing cells; the order is seed-major (every strategy of
+seed 0, then seed 1, ...) so that a partial sweep stays paired.
 A seed fixes the prompt order, the sampling seed and the ``random`` strategy's scores; the initial weights are the
 checkpoint's for every cell. Step 0 (the checkpoint, greedy) is measured once into ``<out>/base__organism.json``.
 
 On one GPU machine the whole sweep is one command, many cells at once on the same device (each cell is a few
 million parameters, so dozens fit; the machine's CPU cores, which drive generation, are the limit)::
 
-    python benchmarks/organism/sweep.py --device cuda --jobs 16 --threads 1 --out benchmarks/results/organism_gpu
+    python -m benchmarks.organism.sweep --device cuda --jobs 16 --threads 1 --out benchmarks/results/organism_gpu
 
 (``--device`` is part of the budget, so CPU and GPU cells never mix in one results folder.)
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attnrl.trainers.grpo import UNSHAPED_ADVANTAGES, AttnGRPOTrainer
+from benchmarks.harness import Study, SweepCell, cell_name
+from benchmarks.harness import main as harness_main
+
+from .oracle import DOSES, oracle_gamma, oracle_mask
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def _learning_sweep():
-    """benchmarks/learning/sweep.py (cell names, atomic cell files, the resumable per-process runner)."""
-    name = "learning_sweep"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE.parent / "learning" / "sweep.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-learning_sweep = _learning_sweep()
-sys.path.insert(0, str(HERE))
-from oracle import DOSES, oracle_gamma, oracle_mask  # noqa: E402  (the study's own module, beside this script)
-
-from attnrl.trainers.grpo import UNSHAPED_ADVANTAGES  # noqa: E402
-
 DEFAULT_OUT = HERE.parent / "results" / "organism"
 TASK = "organism"
 # Credit settings scaled to the organism's answers (see PREREGISTRATION.md for how they were chosen).
@@ -125,34 +112,37 @@ class OrganismBudget:
 
 
 def job_arguments(budget: OrganismBudget):
-    """The recipe's job arguments for a cell: full fine-tuning (lora_r=0), the organism's evaluation settings."""
-    from attnrl.organism.task import TASK_NAME
+    """The recipe's job arguments for a cell: full fine-tuning (lora_r=0), the organism's evaluation settings (the
+    checkpoint's step 0 is measured once, not in each cell)."""
     from attnrl.recipes.grpo import GRPOJobArguments
+
+    from .task import TASK_NAME
 
     return GRPOJobArguments(model_name_or_path=str(budget.checkpoint_path()), task=TASK_NAME, train_size=budget.train_size,
                             eval_size=budget.eval_size, lora_r=0, eval_max_new_tokens=budget.max_completion_length,
-                            eval_batch_size=budget.eval_batch_size)
+                            eval_batch_size=budget.eval_batch_size, skip_eval_before=True)
 
 
 EVAL_SAMPLING_SEED = 1234  # the same sampling seed at every evaluation of every cell (a paired evaluation)
 
 
-def evaluator(budget: OrganismBudget, tokenizer):
+def evaluator(budget: OrganismBudget, tokenizer, problems=None):
     """``evaluate(model) -> {"accuracy": greedy, "sampled_accuracy": ...}`` in [0, 1] on the evaluation problems.
 
     ``accuracy``: greedy (the recipe's evaluator). ``sampled_accuracy`` (only when ``budget.eval_samples`` > 0): the
     mean success of ``eval_samples`` completions per problem sampled at the rollout temperature (sampled pass@1),
     drawn under a fixed seed inside ``torch.random.fork_rng`` so that evaluating never moves the training RNG.
+    ``problems``: the evaluation problems (default: loaded from the checkpoint).
     """
     import torch
     from attnrl.rewards import TASKS
 
     from attnrl.evaluation import evaluate_pass_at_k
-    from attnrl.organism import load_problems
     from attnrl.recipes.grpo import held_out_evaluator
 
     job = job_arguments(budget)
-    problems = load_problems(budget.eval_split, budget.checkpoint_path(), n=budget.eval_size)
+    if problems is None:
+        problems = eval_problems(budget)
     greedy = held_out_evaluator(job, tokenizer, problems)
 
     def evaluate(model) -> dict:
@@ -170,20 +160,17 @@ def evaluator(budget: OrganismBudget, tokenizer):
     return evaluate
 
 
+def eval_problems(budget: OrganismBudget):
+    from . import load_problems
+
+    return load_problems(budget.eval_split, budget.checkpoint_path(), n=budget.eval_size)
+
+
 def load(budget: OrganismBudget):
-    from attnrl.organism import load_organism
+    from . import load_organism
 
     model, tokenizer = load_organism(budget.checkpoint_path())
     return model.to(budget.device), tokenizer
-
-
-def run_base(task: str, budget: OrganismBudget, out: Path) -> None:
-    """Greedy accuracy of the checkpoint (step 0 of every cell)."""
-    model, tokenizer = load(budget)
-    t0 = time.time()
-    scores = evaluator(budget, tokenizer)(model)
-    learning_sweep.write_json_atomic(out / f"base__{task}.json", {
-        "task": task, **scores, "seconds": round(time.time() - t0, 1), "budget": asdict(budget)})
 
 
 # ------------------------------------------------------------------------------------------------ one cell
@@ -244,7 +231,7 @@ def apply_oracle(batch, problems, tokenizer, gamma_amp: float, checks: dict, met
     ``checks`` counts rows, amplified rows and how many positive-advantage rows the verifier accepts (all of them,
     when the batch's rows and ``problems`` are aligned: the cell records it as a check of the wiring).
     """
-    from attnrl.organism.task import verify_trace
+    from .task import verify_trace
 
     advantages = batch.get(UNSHAPED_ADVANTAGES, batch["advantages"])
     if advantages.dim() != 1:
@@ -276,26 +263,14 @@ LOG_KEYS = ("reward", "reward_std", "loss", "entropy", "completions/mean_length"
             "credit/global_head_distance", "step_time")
 
 
-def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: Path) -> dict:
-    """Train one cell and write its results file; returns the results."""
-    import torch
-    from transformers import TrainerCallback
+def cell_config(task: str, strategy: str, seed: int, budget: OrganismBudget, out: Path):
+    """The AttnGRPOConfig of one cell: the budget's settings, the variant's credit and TRL settings, the seed."""
+    from attnrl.trainers.grpo import AttnGRPOConfig
 
-    from attnrl.organism import load_problems
-    from attnrl.recipes.grpo import lora_config, task_rewards
-    from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
-
-    if strategy not in VARIANTS:
-        raise SystemExit(f"unknown strategy {strategy!r}; choose one of {list(VARIANTS)}")
     credit_strategy, credit_overrides, trl_overrides = VARIANTS[strategy]
-    torch.manual_seed(seed)
-    model, tokenizer = load(budget)
-    train = load_problems("grpo", budget.checkpoint_path(), n=budget.train_size)
-    evaluate = evaluator(budget, tokenizer)
-    name = learning_sweep.cell_name(task, strategy, seed)
-    args = AttnGRPOConfig(
-        output_dir=str(out / "runs" / name), max_steps=budget.steps, learning_rate=budget.learning_rate,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+    return AttnGRPOConfig(
+        output_dir=str(out / "runs" / cell_name(task, strategy, seed)), max_steps=budget.steps,
+        learning_rate=budget.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         per_device_train_batch_size=budget.prompts_per_step * budget.num_generations,
         num_generations=budget.num_generations, max_completion_length=budget.max_completion_length,
         temperature=budget.temperature, top_p=1.0, beta=0.0, mask_truncated_completions=bool(budget.mask_truncated),
@@ -303,73 +278,115 @@ def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: P
         use_cpu=budget.device == "cpu", bf16=False, seed=seed, data_seed=seed, disable_tqdm=True,
         credit_strategy=credit_strategy, credit_seed=seed, **credit_overrides, **trl_overrides,
     )
-    curve: list[dict] = []
-    positions: list[dict] = []
 
-    oracle_dose = DOSES.get(strategy)
-    oracle_checks = {"positive_rows": 0, "positive_rows_verified": 0, "rows_amplified": 0, "rows": 0}
 
-    class Trainer(AttnGRPOTrainer):
-        """Keeps where each batch's amplified tokens sit; in the oracle arms, gamma comes from oracle.py."""
+class OrganismTrainer(AttnGRPOTrainer):
+    """Keeps where each batch's amplified tokens sit; in the oracle arms, gamma comes from oracle.py.
 
-        def _generate_and_score_completions(self, inputs):
-            self._problems = [(row["numbers"], row["target"]) for row in inputs]  # the batch's rows, in order
-            return super()._generate_and_score_completions(inputs)
+    ``cell`` (set by the cell's runner before training): the runner holding ``tokenizer``, ``oracle_dose`` (None
+    outside the oracle arms), ``oracle_checks`` and ``positions``.
+    """
 
-        def _apply_credit(self, batch, result, mode, seconds=None):
-            if oracle_dose is not None and mode == "train":
-                result.gamma = apply_oracle(batch, self._problems, tokenizer, oracle_dose, oracle_checks,
-                                            result.metrics)
-            super()._apply_credit(batch, result, mode, seconds)
-            if mode == "train":
-                positions.append(credit_positions(result.gamma, batch["completion_ids"], batch["completion_mask"],
-                                                  tokenizer))
+    cell = None
 
-    class HeldOutAccuracy(TrainerCallback):
-        """Greedy accuracy every ``eval_every`` steps and at the last step."""
+    def _generate_and_score_completions(self, inputs):
+        self._problems = [(row["numbers"], row["target"]) for row in inputs]  # the batch's rows, in order
+        return super()._generate_and_score_completions(inputs)
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            step = state.global_step
-            if step % budget.eval_every == 0 or step == state.max_steps:
-                t0 = time.time()
-                curve.append({"step": step, **evaluate(model), "seconds": round(time.time() - t0, 1)})
-                sampled = (f", sampled {100 * curve[-1]['sampled_accuracy']:.1f}%"
-                           if "sampled_accuracy" in curve[-1] else "")
-                print(f"[{name}] step {step}: {budget.eval_split} greedy {100 * curve[-1]['accuracy']:.1f}%{sampled}",
-                      flush=True)
+    def _apply_credit(self, batch, result, mode, seconds=None):
+        cell = self.cell
+        if cell.oracle_dose is not None and mode == "train":
+            result.gamma = apply_oracle(batch, self._problems, cell.tokenizer, cell.oracle_dose, cell.oracle_checks,
+                                        result.metrics)
+        super()._apply_credit(batch, result, mode, seconds)
+        if mode == "train":
+            cell.positions.append(credit_positions(result.gamma, batch["completion_ids"], batch["completion_mask"],
+                                                   cell.tokenizer))
 
-    trainer = Trainer(model=model, reward_funcs=task_rewards(job_arguments(budget).task, ["correct"]), args=args,
-                      train_dataset=train, processing_class=tokenizer, peft_config=lora_config(job_arguments(budget)),
-                      callbacks=[HeldOutAccuracy()])
-    t0 = time.time()
-    trainer.train()
-    wall = time.time() - t0
-    eval_seconds = sum(point["seconds"] for point in curve)
-    history = [{k: e[k] for k in ("step", *LOG_KEYS) if k in e} for e in trainer.state.log_history if "reward" in e]
-    result = {
-        "task": task, "strategy": strategy, "seed": seed, "budget": asdict(budget),
-        "credit_strategy": credit_strategy, "credit_overrides": credit_overrides, "trl_overrides": trl_overrides,
-        "config": {k: getattr(args, k) for k in ("credit_strategy", "credit_window", "credit_fai_lo", "credit_fai_hi",
-                                                  "credit_top_q", "credit_gamma_amp", "credit_layers",
-                                                  "credit_num_layers", "credit_head_fraction",
-                                                  "top_entropy_quantile", "learning_rate", "temperature", "beta",
-                                                  "mask_truncated_completions", "loss_type", "scale_rewards",
-                                                  "num_generations", "max_completion_length", "seed")},
-        "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"], "auc": area_under_curve(curve, base(out)),
-        **({"final_sampled_accuracy": curve[-1]["sampled_accuracy"],
-            "sampled_auc": area_under_curve(curve, base(out, "sampled_accuracy"), "sampled_accuracy")}
-           if budget.eval_samples else {}),
-        "train_reward_curve": [e.get("reward") for e in history],
-        "completion_length_curve": [e.get("completions/mean_length") for e in history],
-        "credit_positions": summarize_positions(positions),
-        **({"oracle_gamma_amp": oracle_dose, "oracle_checks": oracle_checks} if oracle_dose is not None else {}),
-        "wall_seconds": round(wall, 1), "train_seconds": round(wall - eval_seconds, 1),
-        "seconds_per_step": round((wall - eval_seconds) / budget.steps, 2),
-        "threads": torch.get_num_threads(), "log_history": history,
-    }
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    learning_sweep.write_json_atomic(out / "cells" / f"{name}.json", result)
-    return result
+
+CONFIG_FIELDS = ("credit_strategy", "credit_window", "credit_fai_lo", "credit_fai_hi", "credit_top_q",
+                 "credit_gamma_amp", "credit_layers", "credit_num_layers", "credit_head_fraction",
+                 "top_entropy_quantile", "learning_rate", "temperature", "beta", "mask_truncated_completions",
+                 "loss_type", "scale_rewards", "num_generations", "max_completion_length", "seed")
+
+
+def cell_runner(task: str, strategy: str, seed: int, budget: OrganismBudget, out: Path):
+    """The GRPO recipe's runner for one cell (:class:`benchmarks.harness.SweepCell`): the checkpoint on
+    ``budget.device``, its saved ``grpo`` problems, :func:`evaluator` every ``eval_every`` steps, full fine-tuning
+    with :class:`OrganismTrainer`; ``finish`` writes the cell's results file."""
+    from attnrl.recipes.grpo import GRPORunner
+
+    if strategy not in VARIANTS:
+        raise SystemExit(f"unknown strategy {strategy!r}; choose one of {list(VARIANTS)}")
+    credit_strategy, credit_overrides, trl_overrides = VARIANTS[strategy]
+    out = Path(out)
+
+    class CellRunner(SweepCell, GRPORunner):
+        trainer_cls = OrganismTrainer
+        oracle_dose = DOSES.get(strategy)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.oracle_checks = {"positive_rows": 0, "positive_rows_verified": 0, "rows_amplified": 0, "rows": 0}
+            self.positions: list[dict] = []
+
+        def load_model(self):
+            return load(budget)
+
+        def datasets(self):
+            from . import load_problems
+
+            return load_problems("grpo", budget.checkpoint_path(), n=budget.train_size), eval_problems(budget)
+
+        def evaluator(self):
+            return evaluator(budget, self.tokenizer, self.eval_set)
+
+        def build_trainer(self) -> None:
+            super().build_trainer()
+            self.trainer.cell = self
+
+        def score(self, model) -> dict:
+            return self.evaluate(model)
+
+        def describe(self, point: dict) -> str:
+            sampled = f", sampled {100 * point['sampled_accuracy']:.1f}%" if "sampled_accuracy" in point else ""
+            return f"{budget.eval_split} greedy {100 * point['accuracy']:.1f}%{sampled}"
+
+        def cell_result(self) -> dict:
+            import torch
+
+            curve, args = self.curve, self.args
+            history = [{k: e[k] for k in ("step", *LOG_KEYS) if k in e} for e in self.trainer.state.log_history
+                       if "reward" in e]
+            return {
+                "task": task, "strategy": strategy, "seed": seed, "budget": asdict(budget),
+                "credit_strategy": credit_strategy, "credit_overrides": credit_overrides,
+                "trl_overrides": trl_overrides, "config": {k: getattr(args, k) for k in CONFIG_FIELDS},
+                "accuracy_curve": curve, "final_accuracy": curve[-1]["accuracy"],
+                "auc": area_under_curve(curve, base(out)),
+                **({"final_sampled_accuracy": curve[-1]["sampled_accuracy"],
+                    "sampled_auc": area_under_curve(curve, base(out, "sampled_accuracy"), "sampled_accuracy")}
+                   if budget.eval_samples else {}),
+                "train_reward_curve": [e.get("reward") for e in history],
+                "completion_length_curve": [e.get("completions/mean_length") for e in history],
+                "credit_positions": summarize_positions(self.positions),
+                **({"oracle_gamma_amp": self.oracle_dose, "oracle_checks": self.oracle_checks}
+                   if self.oracle_dose is not None else {}),
+                **self.timing(), "threads": torch.get_num_threads(), "log_history": history,
+            }
+
+    return CellRunner((task, strategy, seed), budget, out, job_arguments(budget),
+                      cell_config(task, strategy, seed, budget, out))
+
+
+def run_base(task: str, budget: OrganismBudget, out: Path) -> dict:
+    """The checkpoint's scores (step 0 of every cell), written to ``<out>/base__<task>.json``."""
+    return cell_runner(task, CORE[0], 0, budget, out).run_base()
+
+
+def run_cell(task: str, strategy: str, seed: int, budget: OrganismBudget, out: Path) -> dict:
+    """Train one cell (the recipe's runner phases) and write its results file; returns the results."""
+    return cell_runner(task, strategy, seed, budget, out).run()
 
 
 def base(out: Path, key: str = "accuracy") -> float | None:
@@ -389,48 +406,37 @@ def area_under_curve(curve: list[dict], base_accuracy: float | None, key: str = 
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--strategies", nargs="+", default=list(CORE), choices=list(VARIANTS),
-                        help=f"cells per seed; {list(EXTRA)} where the budget allows; {list(CONTROL)}: the "
-                             "positive control and random arm of amendment 3")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(12)))
-    parser.add_argument("--jobs", type=int, default=2, help="cells run at the same time")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--summarize-only", action="store_true", help="only rebuild the summary")
-    parser.add_argument("--cell", nargs=3, metavar=("TASK", "STRATEGY", "SEED"), help=argparse.SUPPRESS)
-    parser.add_argument("--base", metavar="TASK", help=argparse.SUPPRESS)
-    for key, spec in OrganismBudget.__dataclass_fields__.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(spec.default), default=spec.default,
-                            help=spec.metadata["help"])
-    return parser.parse_args(argv)
+def check_checkpoint(budget: OrganismBudget) -> None:
+    """A clear error before any process starts when the checkpoint was never built."""
+    from . import checkpoint_dir
+
+    checkpoint_dir(budget.checkpoint_path())
+
+
+def summarize(out: Path, tasks=None, strategies=None) -> None:
+    from .summarize import summarize
+
+    summarize(out)
+
+
+STUDY = Study(
+    module="benchmarks.organism.sweep", description=__doc__.splitlines()[0], budget_cls=OrganismBudget,
+    tasks=(TASK,), default_tasks=(TASK,), strategies=tuple(VARIANTS), default_strategies=CORE,
+    default_seeds=tuple(range(12)), cell_runner=cell_runner, summarize=summarize, default_out=DEFAULT_OUT,
+    default_jobs=2, default_threads=1, before_sweep=check_checkpoint,
+    strategies_help=f"cells per seed; {list(EXTRA)} where the budget allows; {list(CONTROL)}: the positive control "
+                    "and random arm of amendment 3",
+)
+
+
+def parse_args(argv=None):
+    from benchmarks.harness import parse_args
+
+    return parse_args(STUDY, argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    budget = OrganismBudget(**{key: getattr(args, key) for key in OrganismBudget.__dataclass_fields__})
-    budget.validate()
-    if args.base:
-        run_base(args.base, budget, args.out)
-        return 0
-    if args.cell:
-        task, strategy, seed = args.cell
-        run_cell(task, strategy, int(seed), budget, args.out)
-        return 0
-    failures = 0
-    if not args.summarize_only:
-        from attnrl.organism import checkpoint_dir
-
-        checkpoint_dir(budget.checkpoint_path())  # a clear error before any process starts
-        failures = learning_sweep.sweep([TASK], args.strategies, args.seeds, budget, args.out, args.jobs,
-                                        args.threads, script=Path(__file__).resolve())
-    sys.path.insert(0, str(HERE))
-    from summarize import summarize
-
-    summarize(args.out)
-    return 1 if failures else 0
+    return harness_main(STUDY, argv)
 
 
 if __name__ == "__main__":

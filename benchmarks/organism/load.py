@@ -13,7 +13,7 @@ def checkpoint_dir(path: str | Path | None = None) -> Path:
     folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not (folder / "config.json").exists() or not (folder / "build_info.json").exists():
         raise FileNotFoundError(f"no organism checkpoint in {folder}; build it with "
-                                "`python benchmarks/organism/build.py` (or `python -m attnrl.organism build`)")
+                                "`python -m benchmarks.organism.build` (from the repository root)")
     return folder
 
 
