@@ -107,7 +107,7 @@ def test_oracle_arm_trains_and_checks_its_row_alignment(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ gradient share
-share = _load("gradient_share")
+from benchmarks.organism import gradient_share as share  # noqa: E402
 
 
 def test_token_gradient_norm_matches_autograd():
@@ -149,7 +149,7 @@ def test_group_advantages_and_trl_entropy_mask():
 
 
 # ------------------------------------------------------------------------------------------------ amendment 3 summary
-summarize = _load("summarize")
+from benchmarks.organism import summarize  # noqa: E402
 
 
 def _sampled_cell(strategy: str, seed: int, final: float) -> dict:

@@ -1,7 +1,7 @@
 """Which arms actually tilt the update: the share of the policy gradient their amplified tokens carry.
 
-    python benchmarks/organism/gradient_share.py                # 512 rollouts of the checkpoint, every arm
-    python benchmarks/organism/gradient_share.py --prompts 16   # a quick look
+    python -m benchmarks.organism.gradient_share                # 512 rollouts of the checkpoint, every arm
+    python -m benchmarks.organism.gradient_share --prompts 16   # a quick look
 
 Per token t of row i, the policy-gradient term of GRPO is A_i * d log p(y_t) / d z_t (z: the logits at t), whose
 norm is |A_i| * ||onehot(y_t) - softmax(z_t)||_2 (:func:`token_gradient_norms`). An arm that multiplies the
@@ -98,12 +98,11 @@ def measure(checkpoint: Path, prompts: int = 64, group: int = 8, batch_prompts: 
     from attnrl.credit.assigner import CreditAssigner
     from attnrl.credit.config import CreditConfig
     from attnrl.credit.strategies import CreditParams, top_q_mask
-    from attnrl.organism import load_organism, load_problems
-    from attnrl.organism.task import verify_trace
 
-    sys.path.insert(0, str(HERE))
-    from oracle import DOSES, oracle_mask
-    from sweep import VARIANTS
+    from .load import load_organism, load_problems
+    from .oracle import DOSES, oracle_mask
+    from .sweep import VARIANTS
+    from .task import verify_trace
 
     model, tokenizer = load_organism(checkpoint)
     model.eval()
