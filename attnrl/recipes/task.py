@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from attnrl.attention.capture import attention_layers, num_layers
+from attnrl.attention.capture import attention_layers, layer_types, num_layers
 from attnrl.credit.config import CreditConfig, credit_config_from
 from attnrl.evaluation import EvalResult, evaluate_accuracy
 from attnrl.models import DEFAULT_MODEL, load_model_and_tokenizer
@@ -116,7 +116,8 @@ class TaskJobRunner(JobRunner):
         self.check(self.job, self.args)
         torch.manual_seed(self.args.seed)
         self.model, self.tokenizer = self.load_model()
-        credit_config_from(self.args).validate_credit_layers(num_layers(self.model), attention_layers(self.model))
+        credit_config_from(self.args).validate_credit_layers(
+            num_layers(self.model), attention_layers(self.model), layer_types=layer_types(self.model))
         self.train_set, self.eval_set = self.datasets()
         self.evaluate = self.evaluator()
 
