@@ -251,8 +251,7 @@ def field_type_error(name: str, value, hint, default=None) -> str | None:
     YAML or the command line. Understood: ``int`` (a bool or a non-integer is refused), ``float`` (any finite real
     number but a bool), ``str`` (a path too for ``*_path`` fields), ``bool``, ``list[int]``, and ``X | None``.
     """
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
+    args = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
     optional = type(None) in args
     (base,) = [a for a in args if a is not type(None)]
     if value is None and optional:

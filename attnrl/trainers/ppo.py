@@ -421,7 +421,9 @@ class AttnPPOTrainer:
                 metrics.update(self.evaluate(part, f"{metric_key_prefix}_{name}"))
             return metrics
         start = time.time()
-        sink: dict[str, list[float]] = defaultdict(list)
+        # the same keys on every process (their means are averaged over processes), even with an empty shard
+        sink: dict[str, list[float]] = defaultdict(list, {k: [] for k in (
+            "reward", "completions/mean_length", *(f"rewards/{name}/mean" for name in self.reward_names))})
         acc, args = self.accelerator, self.args
         rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
         rows = [row for row in rows for _ in range(args.num_generations)]
@@ -527,7 +529,7 @@ class AttnPPOTrainer:
         per_func = torch.zeros(len(rows), len(self.reward_funcs))
         for i, (func, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
             out = func(prompts=prompts, completions=completions, completion_ids=ids_list, trainer_state=self.state,
-                       log_metric=lambda name, value: sink[name].append(float(value)), **columns)
+                       log_metric=lambda key, value: sink[key].append(float(value)), **columns)
             if len(out) != len(rows):
                 raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(rows)} completions")
             per_func[:, i] = torch.tensor([math.nan if r is None else float(r) for r in out])
