@@ -3,6 +3,7 @@ irrelevant with a reason (attnrl/trainers/ppo_fields.py); evaluation, activation
 work as in the HF Trainer."""
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -220,3 +221,20 @@ def test_data_seed_lr_scheduler_kwargs_logging_first_step_and_log_level(make_tra
         assert transformers.utils.logging.get_verbosity() == transformers.logging.ERROR
     finally:
         transformers.utils.logging.set_verbosity(before)
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def test_the_ppo_recipe_evaluates_on_the_held_out_split_when_the_config_asks(ppo_args, tmp_path):
+    from attnrl.recipes.ppo import PPOJobArguments, run_ppo_job
+
+    model_dir = tmp_path / "tiny"
+    tiny_causal_lm("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    job = PPOJobArguments(model_name_or_path=str(model_dir), train_size=16, eval_size=2, eval_batch_size=2,
+                          eval_max_new_tokens=4, lora_r=4, lora_alpha=8, skip_eval_before=True)
+    results = run_ppo_job(job, ppo_args(tmp_path / "run", max_steps=1, eval_strategy="steps", eval_steps=1))
+    assert results["train_steps"] == 1
+    log_history = json.loads((tmp_path / "run" / "report" / "log_history.json").read_text())
+    assert [e["step"] for e in log_history if "eval_reward" in e] == [1]

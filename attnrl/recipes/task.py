@@ -128,9 +128,13 @@ class TaskJobRunner(JobRunner):
         return self.accuracy_before
 
     def build_trainer(self) -> None:
+        """The trainer; when the config asks for in-training evaluation (eval_strategy, eval_on_start), the
+        held-out split is its eval_dataset."""
+        evaluating = self.args.eval_strategy != "no" or self.args.eval_on_start
         self.trainer = self.trainer_cls(
             model=self.model, reward_funcs=self.rewards(), args=self.args, train_dataset=self.train_set,
             processing_class=self.tokenizer, peft_config=lora_config(self.job), callbacks=self.callbacks,
+            **({"eval_dataset": self.eval_set} if evaluating else {}),
         )
 
     def finish(self, out_dir: str | Path | None = None, extra: dict | None = None) -> dict | None:
