@@ -50,6 +50,7 @@ __all__ = [
     "capture_statistics",
     "disable_capture",
     "enable_capture",
+    "layer_types",
     "num_layers",
     "original_implementation",
     "sequence_spans",
@@ -343,6 +344,13 @@ def _layer_types(model) -> list[str] | None:
         if types is not None and len(types) == n:
             return [str(t) for t in types]
     return None
+
+
+def layer_types(model) -> list[str] | None:
+    """The decoder layer types of a hybrid or attention-free model (``config.layer_types`` or
+    ``layers_block_type``, one per layer, e.g. 'full_attention', 'conv', 'linear_attention'); None when the config
+    lists none (every layer is then taken to be an attention layer)."""
+    return _layer_types(model)
 
 
 def attention_layers(model) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from attnrl.attention.capture import (
     attention_layers,
     capture_statistics,
     enable_capture,
+    layer_types,
     num_layers,
 )
 from attnrl.attention.collect import collect_statistics
@@ -59,14 +61,17 @@ class CreditAssigner:
         self.generator = torch.Generator().manual_seed(config.credit_seed)
         self.profile: HeadProfile | None = None
         self.layers: list[int] = []
+        self._warned_fai_undefined = False
         if "attention" not in self.needs:
             return
+        # the default middle layers are chosen among those with softmax attention (all but in hybrid models);
+        # a model without any (Mamba, all-convolution LFM2) is refused here, naming the strategies that still work
+        self.layers = config.validate_credit_layers(num_layers(model), attention_layers(model),
+                                                    layer_types=layer_types(model))
         try:
             enable_capture(model)
         except CaptureError as e:
             raise CaptureError(f"credit_strategy={config.credit_strategy!r} needs attention capture: {e}") from e
-        # the default middle layers are chosen among those with softmax attention (all but in hybrid models)
-        self.layers = config.validate_credit_layers(num_layers(model), attention_layers(model))
         if config.credit_head_profile_path:
             self.profile = HeadProfile.load(config.credit_head_profile_path)  # its layers were checked above
         self._probe(model)
@@ -170,20 +175,41 @@ class CreditAssigner:
             inputs.waad = token_waad(stats, profile)[:, Tp:].to(response.device)
             inputs.fai = token_fai(stats, profile)[:, Tp:].to(response.device)
             result.waad, result.fai = inputs.waad, inputs.fai
-            result.metrics.update(_attention_metrics(inputs, profile))
         out = self.strategy(inputs, self.params)
         if not isinstance(out, StrategyOutput):
             raise TypeError(f"credit strategy {self.config.credit_strategy!r} returned {type(out).__name__}; a "
                             "strategy returns StrategyOutput(gamma, roles) (attnrl.credit.strategies)")
         result.gamma = out.gamma.to(response.device) * response + (~response)
         result.roles = out.roles
+        if not response.any():
+            return result  # no response token: no metric (its means would read 0 and bias the step's averages)
+        if stats is not None:
+            result.metrics.update(_attention_metrics(inputs, result.profile))
+            self._warn_once_if_fai_undefined(inputs, result.gamma)
         amplified = (result.gamma > 1.0) & response
-        n = response.sum().clamp(min=1)
+        n = response.sum()
         result.metrics["credit/amplified_frac"] = (amplified.sum() / n).item()
         result.metrics["credit/gamma_mean"] = ((result.gamma * response).sum() / n).item()
         if "dominated" in result.roles:
             result.metrics["credit/dominated_anchor_frac"] = (result.roles["dominated"].sum() / n).item()
         return result
+
+    def _warn_once_if_fai_undefined(self, x: CreditInputs, gamma: torch.Tensor) -> None:
+        """Warn (once per assigner, i.e. per run) when FAI is undefined on every response token of a batch (every
+        completion no longer than credit_fai_lo) and so credit amplified nothing: a silent no-op otherwise."""
+        r = x.response_mask
+        if self._warned_fai_undefined or not torch.isnan(x.fai[r]).all() or (gamma[r] != 1.0).any():
+            return
+        self._warned_fai_undefined = True
+        c, longest = self.config, int(r.sum(1).max())
+        warnings.warn(
+            f"credit: every completion of this batch has at most credit_fai_lo={c.credit_fai_lo} tokens "
+            f"(longest: {longest}), so FAI (attention received from tokens at least credit_fai_lo later) is undefined "
+            f"everywhere and credit_strategy={c.credit_strategy!r} amplified no token; set credit_fai_lo below the "
+            f"completion length, e.g. credit_fai_lo={max(1, longest // 3)} with credit_window={max(1, longest // 3)} "
+            "(or allow longer completions). Warned once per run.",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _attention_metrics(x: CreditInputs, profile: HeadProfile) -> dict[str, float]:

@@ -8,8 +8,15 @@ H_hi) and :mod:`attnrl.credit.heads` (number of layers, head fraction). All chec
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
+import os
+import re
+import types
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from attnrl.kernels import StatsSpec
@@ -90,7 +97,11 @@ class CreditConfig:
     credit_seed: int = field(default=0, metadata={"help": "Seed of the 'random' strategy's scores."})
 
     def validate_credit(self) -> None:
-        """Raise ValueError naming the bad field and the fix."""
+        """Raise ValueError naming the bad field and the fix (types first: :func:`field_type_error`)."""
+        for name, hint in credit_field_types().items():
+            problem = field_type_error(name, getattr(self, name), hint, _credit_default(name))
+            if problem:
+                raise ValueError(problem)
         try:
             STRATEGIES.get(self.credit_strategy)  # a registered name or an import path
         except RegistryError as e:
@@ -150,15 +161,20 @@ class CreditConfig:
         attn = list(range(num_layers)) if attention_layers is None else list(attention_layers)
         return [attn[i] for i in default_layers(len(attn), self.credit_num_layers)]
 
-    def validate_credit_layers(self, num_layers: int, attention_layers: Sequence[int] | None = None) -> list[int]:
-        """:meth:`validate_credit`, then: the layers (:meth:`credit_layer_indices`) lie in 0..num_layers-1 and match
-        the layers of ``credit_head_profile_path`` if set. Returns those layers ([] for a strategy that reads no
-        attention). Raises ValueError (FileNotFoundError for a missing profile).
+    def validate_credit_layers(self, num_layers: int, attention_layers: Sequence[int] | None = None, *,
+                               layer_types: Sequence[str] | None = None) -> list[int]:
+        """:meth:`validate_credit`, then: the model has a softmax attention layer (``attention_layers`` not empty;
+        ``layer_types``, e.g. from :func:`attnrl.attention.capture.layer_types`, only sharpens the message), the
+        layers (:meth:`credit_layer_indices`) lie in 0..num_layers-1 and match the layers of
+        ``credit_head_profile_path`` if set. Returns those layers ([] for a strategy that reads no attention).
+        Raises ValueError (FileNotFoundError for a missing profile).
 
         Cheap (no forward): call it right after loading the model, before any evaluation or trainer set-up."""
         self.validate_credit()
         if "attention" not in strategy_needs(self.credit_strategy):
             return []  # strategies without attention never read the layers
+        if attention_layers is not None and not list(attention_layers):
+            raise ValueError(no_attention_message(self.credit_strategy, num_layers, layer_types))
         layers = self.credit_layer_indices(num_layers, attention_layers)
         bad = [layer for layer in layers if not 0 <= layer < num_layers]
         if bad:
@@ -190,6 +206,97 @@ class CreditConfig:
     def stats_spec(self) -> StatsSpec:
         """W, H_lo and H_hi of these settings, for the statistics kernels."""
         return StatsSpec(self.credit_window, self.credit_fai_lo, self.credit_fai_hi)
+
+
+def attention_free_strategies() -> list[str]:
+    """The registered credit strategies that read no attention (they work on any model)."""
+    return sorted(name for name in STRATEGIES if "attention" not in strategy_needs(name))
+
+
+def no_attention_message(strategy: str, num_layers: int, layer_types: Sequence[str] | None = None) -> str:
+    """Why ``strategy`` cannot run on a model without a softmax attention layer, and what can."""
+    if layer_types:
+        counts = {t: list(layer_types).count(t) for t in dict.fromkeys(layer_types)}
+        found = "layers found: " + ", ".join(f"{n} x {t!r}" for t, n in counts.items())
+    else:
+        found = f"none of its {num_layers} layers has softmax attention"
+    *first, last = [repr(s) for s in attention_free_strategies()]
+    choices = f"{', '.join(first)} or {last}" if first else last
+    return (f"credit_strategy={strategy!r} reads attention, but the model has no softmax attention layer to read "
+            f"({found}); set credit_strategy to a strategy that needs no attention: {choices}")
+
+
+@functools.cache
+def credit_field_types() -> dict[str, object]:
+    """Each credit field's annotation, resolved (``list[int] | None``, ``int``, ...)."""
+    hints = typing.get_type_hints(CreditConfig)
+    return {f.name: hints[f.name] for f in fields(CreditConfig)}
+
+
+def _credit_default(name: str):
+    f = CreditConfig.__dataclass_fields__[name]
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def field_type_error(name: str, value, hint, default=None) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` of field ``name`` (None when it fits), in one sentence
+    naming the field, the value, its type and the fix (an example value; ``default`` when it fits).
+
+    A pure function of the dataclass annotation, so a field is checked the same way whether it came from Python,
+    YAML or the command line. Understood: ``int`` (a bool or a non-integer is refused), ``float`` (any finite real
+    number but a bool), ``str`` (a path too for ``*_path`` fields), ``bool``, ``list[int]``, and ``X | None``.
+    """
+    args = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    optional = type(None) in args
+    (base,) = [a for a in args if a is not type(None)]
+    if value is None and optional:
+        return None
+    if base is int:
+        ok = _is_int(value)
+    elif base is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    elif base is str:
+        ok = isinstance(value, str) or (name.endswith("_path") and isinstance(value, os.PathLike))
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif typing.get_origin(base) is list and typing.get_args(base) == (int,):
+        ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+    else:
+        raise TypeError(f"field_type_error: annotation {hint} of {name} is not understood; add it here")
+    if ok:
+        return None
+    kind = _KINDS.get(base, "a list of integers")
+    if base is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        kind = "a finite number"
+    example = _example(value, base, default)
+    why = " (YAML reads true/false/yes/no/on/off as booleans)" if isinstance(value, bool) else ""
+    return (f"{name}={value!r} is {type(value).__name__}{why}, but {name} must be {kind}"
+            f"{' or None (unset)' if optional else ''}; set e.g. {name}={example!r}"
+            f"{' (the default)' if example == default else ''}")
+
+
+def _example(value, base, default):
+    """A value of type ``base`` for the fix: the one the user probably meant where that is clear, else the default."""
+    if base is int and isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return round(value)
+    if base is int and isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typing.get_origin(base) is list:
+        found = [int(v) for v in re.findall(r"-?\d+", str(value))] if not isinstance(value, bool) else []
+        return found or ([default] if default is not None else [2])
+    return default if default is not None else {int: 1, float: 1.0, bool: False}.get(base, "...")
 
 
 def credit_config_from(args) -> CreditConfig:

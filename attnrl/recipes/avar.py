@@ -86,7 +86,7 @@ class AVARRunner(JobRunner):
         credit_config_from(args)  # the credit fields
 
     def setup(self) -> None:
-        from attnrl.attention.capture import attention_layers, num_layers
+        from attnrl.attention.capture import attention_layers, layer_types, num_layers
         from attnrl.credit.config import credit_config_from
         from attnrl.multimodal.scores import resolve_avar_layers
         from attnrl.multimodal.tasks import make_visual_examples
@@ -95,7 +95,8 @@ class AVARRunner(JobRunner):
         self.check(job, self.args)
         torch.manual_seed(self.args.seed)
         self.model, self.processor = load_model_and_processor(job)
-        credit_config_from(self.args).validate_credit_layers(num_layers(self.model), attention_layers(self.model))
+        credit_config_from(self.args).validate_credit_layers(
+            num_layers(self.model), attention_layers(self.model), layer_types=layer_types(self.model))
         self.avar_layers = resolve_avar_layers(self.args.avar_layers, num_layers(self.model))
         self.train_rows = make_visual_examples(job.task, job.train_size, job.task_seed, job.image_size)
         self.eval_rows = make_visual_examples(job.task, job.eval_size, job.task_seed + 1, job.image_size)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from attnrl.attention.capture import attention_layers, num_layers
+from attnrl.attention.capture import attention_layers, layer_types, num_layers
 from attnrl.credit.config import CreditConfig, credit_config_from
 from attnrl.credit.strategies import strategy_needs
 from attnrl.evaluation import EvalResult, evaluate_accuracy
@@ -135,7 +135,8 @@ class TaskJobRunner(JobRunner):
         torch.manual_seed(self.args.seed)
         self.model, self.tokenizer = self.load_model()
         try:
-            credit_config_from(self.args).validate_credit_layers(num_layers(self.model), attention_layers(self.model))
+            credit_config_from(self.args).validate_credit_layers(
+                num_layers(self.model), attention_layers(self.model), layer_types=layer_types(self.model))
         except (ValueError, OSError) as e:  # a config mistake seen once the model is known, not a training failure
             raise ConfigError(str(e)) from e
         self.train_set, self.eval_set = self.datasets()
@@ -148,9 +149,13 @@ class TaskJobRunner(JobRunner):
         return self.accuracy_before
 
     def build_trainer(self) -> None:
+        """The trainer; when the config asks for in-training evaluation (eval_strategy, eval_on_start), the
+        held-out split is its eval_dataset."""
+        evaluating = self.args.eval_strategy != "no" or self.args.eval_on_start
         self.trainer = self.trainer_cls(
             model=self.model, reward_funcs=self.rewards(), args=self.args, train_dataset=self.train_set,
             processing_class=self.tokenizer, peft_config=lora_config(self.job), callbacks=self.callbacks,
+            **({"eval_dataset": self.eval_set} if evaluating else {}),
         )
 
     def finish(self, out_dir: str | Path | None = None, extra: dict | None = None) -> dict | None:

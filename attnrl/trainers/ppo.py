@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from accelerate import Accelerator
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
@@ -51,7 +52,8 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_callback import CallbackHandler
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, rotate_checkpoints
+from transformers.training_args import trainer_log_levels
 from trl.trainer.utils import get_callable_name
 
 from attnrl.algos import ppo_core
@@ -59,6 +61,8 @@ from attnrl.credit.assigner import CreditAssigner, CreditResult
 from attnrl.credit.config import CreditConfig
 from attnrl.credit.heads import HeadProfile
 from attnrl.credit.strategies import shape_advantages
+
+from .ppo_fields import refused_settings
 
 CRITIC_MODES = ("separate", "shared")
 CRITIC_DIR = "critic"
@@ -71,11 +75,12 @@ RNG_STATE_FILE = "rng_state_{rank}.pt"
 class AttnPPOConfig(TrainingArguments, CreditConfig):
     """``transformers.TrainingArguments`` + PPO settings + the ``credit_*`` fields of :class:`CreditConfig`.
 
-    Honoured TrainingArguments fields: output_dir, max_steps (rollout steps), per_device_train_batch_size
-    (completions per rollout step and process), learning_rate (policy), lr_scheduler_type, warmup_steps,
-    weight_decay, adam_beta1/2, adam_epsilon, max_grad_norm (policy and critic clipped separately), logging_steps,
-    save_strategy ("no" or "steps") + save_steps, seed, use_cpu, bf16 (autocast), disable_tqdm. Credit statistics
-    always come from a separate no-grad forward of the rollout policy (``credit_stats_pass`` does not apply).
+    What the trainer does with each TrainingArguments field is listed in :mod:`attnrl.trainers.ppo_fields`:
+    implemented (e.g. max_steps = rollout steps, per_device_train_batch_size = completions per rollout step and
+    process, evaluation with eval_strategy "steps", activation/gradient checkpointing, save_strategy "steps" with
+    save_total_limit), refused when set (with the reason, when the config is built), or irrelevant (with the reason).
+    Credit statistics always come from a separate no-grad forward of the rollout policy (``credit_stats_pass``
+    'auto' resolves to it).
     """
 
     num_generations: int = field(
@@ -155,13 +160,17 @@ class AttnPPOConfig(TrainingArguments, CreditConfig):
             raise ValueError(f"temperature={self.temperature} must be > 0 (PPO samples; use evaluation for greedy)")
         if self.max_completion_length < 1:
             raise ValueError(f"max_completion_length={self.max_completion_length} must be >= 1")
-        if self.gradient_accumulation_steps != 1:
-            raise ValueError(
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps} is not supported; one mini-batch "
-                "is one optimizer step — set num_mini_batches instead"
-            )
+        refused = refused_settings(self)
+        if refused:
+            raise ValueError(refused[0])
         if self.save_strategy not in ("no", "steps"):
-            raise ValueError(f"save_strategy={self.save_strategy!r}: AttnPPOTrainer supports 'no' or 'steps'")
+            raise ValueError(f"save_strategy={_plain(self.save_strategy)!r}: AttnPPOTrainer supports 'no' or 'steps'")
+        if self.eval_strategy not in ("no", "steps"):
+            raise ValueError(f"eval_strategy={_plain(self.eval_strategy)!r}: AttnPPOTrainer counts rollout steps, not "
+                             "epochs; use 'steps' (with eval_steps) or 'no'")
+        if self.logging_strategy != "steps":
+            raise ValueError(f"logging_strategy={_plain(self.logging_strategy)!r}: AttnPPOTrainer logs every logging_steps "
+                             "rollout steps; use 'steps'")
 
 
 @dataclass
@@ -200,15 +209,18 @@ class AttnPPOTrainer:
     ``callbacks`` (``transformers.TrainerCallback`` instances or classes, called as the HF Trainer calls them:
     ``on_train_begin``, ``on_step_begin`` before each rollout, ``on_step_end`` after the update, ``on_log`` with each
     ``log_history`` entry, ``on_save`` after each ``checkpoint-<step>`` folder is written (on every process),
-    ``on_train_end``; ``control.should_training_stop`` ends training after the step).
+    ``on_train_end``; ``control.should_training_stop`` ends training after the step). ``eval_dataset`` (a dataset
+    with a ``prompt`` column, or a dict of them): what :meth:`evaluate` scores, run as ``eval_strategy``,
+    ``eval_steps``, ``eval_delay`` and ``eval_on_start`` say (``on_evaluate`` is called after each evaluation).
     """
 
     def __init__(self, model, reward_funcs, args: AttnPPOConfig, train_dataset, processing_class=None,
-                 peft_config=None, callbacks=None):
+                 peft_config=None, callbacks=None, eval_dataset=None):
         args.validate_credit()
         args.validate_ppo()
         self.args = args
-        set_seed(args.seed)
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        _check_prompt_datasets(train_dataset, eval_dataset, args)
         if isinstance(model, str):
             from attnrl.models import load_model_and_tokenizer
 
@@ -223,12 +235,12 @@ class AttnPPOTrainer:
         if len(weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(weights)} entries for {len(self.reward_funcs)} reward_funcs")
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
-        if "prompt" not in train_dataset.column_names:
-            raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
-        self.train_dataset = train_dataset
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
 
         self.model, self.ref_model, self.critic, self.value_head = self._build_models(model, peft_config)
         self._setup_devices()
+        self._set_log_level()
+        self._enable_activation_checkpointing()
         self.credit = CreditAssigner(args, self.model)
         self.last_credit: CreditResult | None = None
         self.last_rollout: Rollout | None = None
@@ -239,6 +251,8 @@ class AttnPPOTrainer:
         )
         self.state = TrainerState(max_steps=args.max_steps, logging_steps=self._every(args.logging_steps),
                                   save_steps=self._every(args.save_steps), log_history=[])
+        if args.eval_steps is not None:
+            self.state.eval_steps = self._every(args.eval_steps)
         self._pending_metrics: list[dict[str, float]] = []  # one dict per step since the last log entry
         self._step_metrics: dict[str, list[float]] = defaultdict(list)
         self.control = TrainerControl()
@@ -279,6 +293,29 @@ class AttnPPOTrainer:
             if module is not None:
                 module.to(device)
 
+    def _set_log_level(self) -> None:
+        """transformers' verbosity from log_level (main process) / log_level_replica (the others), as the HF Trainer;
+        'passive' leaves it alone. With log_on_each_node the main process of each node counts as main."""
+        acc = self.accelerator
+        main = acc.is_local_main_process if self.args.log_on_each_node else acc.is_main_process
+        level = self.args.log_level if main else self.args.log_level_replica
+        if level != "passive":
+            transformers.utils.logging.set_verbosity(trainer_log_levels[level])
+
+    def _enable_activation_checkpointing(self) -> None:
+        """``activation_checkpointing`` (alias ``gradient_checkpointing``) on the policy and the critic, as the HF
+        Trainer does (``every_n_layers`` and ``offload`` read from the kwargs). Only training forwards recompute:
+        rollouts run in eval mode under no grad."""
+        if not self.args.activation_checkpointing:
+            return
+        kwargs = dict(self.args.activation_checkpointing_kwargs or {})
+        every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+        for module in (self.model, self.critic):
+            if module is not None:
+                base = module.get_base_model() if isinstance(module, PeftModel) else module
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
+                                                     every_n_layers=every_n_layers, offload=offload)
+
     def _set_training(self, training: bool) -> None:
         """Train (update) or eval (rollout) mode for the policy and critic; the reference stays in eval."""
         for module in (self.model, self.critic, self.value_head):
@@ -302,7 +339,7 @@ class AttnPPOTrainer:
         )
         total = args.max_steps * args.num_ppo_epochs * args.num_mini_batches
         scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(total),
-                                  num_training_steps=total)
+                                  num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         return optimizer, scheduler
 
     def _every(self, interval: float) -> int:
@@ -325,6 +362,8 @@ class AttnPPOTrainer:
         start, losses = time.time(), []
         events, args, state = self.callback_handler, self.args, self.state
         self.control = events.on_train_begin(args, state, TrainerControl())  # a fresh control per train() call
+        if args.eval_on_start:
+            self.evaluate()
         while state.global_step < args.max_steps:
             self.control = events.on_step_begin(args, state, self.control)
             t0 = time.perf_counter()
@@ -340,10 +379,11 @@ class AttnPPOTrainer:
             if log_entry is not None:
                 self.control = events.on_log(args, state, self.control, logs=log_entry)
                 self.control.should_log = False
+            if self.control.should_evaluate:  # set by DefaultFlowCallback (eval_strategy, eval_steps, eval_delay)
+                self.evaluate()
+                self.control.should_evaluate = False
             if args.save_strategy == "steps" and state.global_step % state.save_steps == 0:
-                self.save_model(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
-                self.control = events.on_save(args, state, self.control)
-                self.control.should_save = False
+                self._save_checkpoint()
             if self.control.should_training_stop and state.global_step < args.max_steps:
                 break  # a callback (early stopping, a time limit) asked to stop
         bar.close()
@@ -352,18 +392,77 @@ class AttnPPOTrainer:
         return TrainOutput(self.state.global_step, float(np.mean(losses)) if losses else float("nan"),
                            {"train_runtime": runtime})
 
+    def _save_checkpoint(self) -> None:
+        """``checkpoint-<step>`` in output_dir, then (main process) the oldest beyond ``save_total_limit`` deleted,
+        as the HF Trainer's checkpoint rotation; ``on_save`` is called after."""
+        self.save_model(str(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"))
+        if self.accelerator.is_main_process:
+            rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, use_mtime=True)
+        self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+        self.control.should_save = False
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Generate ``num_generations`` completions for every prompt of ``eval_dataset`` (default: the trainer's;
+        a dict of datasets is evaluated one by one, prefix ``eval_<name>``), score them with the reward functions
+        and log the means (``<prefix>_reward``, ``<prefix>_reward_std``, ``<prefix>_rewards/<func>/mean``,
+        ``<prefix>_completions/mean_length``, ``<prefix>_runtime``) as a ``log_history`` entry; calls ``on_log``
+        and ``on_evaluate``. Returns the metrics.
+
+        Sampling as in training, from a generator seeded with ``seed`` and forked from the training one, so an
+        evaluation changes neither the training run nor its credit state (head profile, random generator)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset (pass it to AttnPPOTrainer or to evaluate)")
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part, f"{metric_key_prefix}_{name}"))
+            return metrics
+        start = time.time()
+        # the same keys on every process (their means are averaged over processes), even with an empty shard
+        sink: dict[str, list[float]] = defaultdict(list, {k: [] for k in (
+            "reward", "completions/mean_length", *(f"rewards/{name}/mean" for name in self.reward_names))})
+        acc, args = self.accelerator, self.args
+        rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
+        rows = [row for row in rows for _ in range(args.num_generations)]
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        self._set_training(False)
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(args.seed)
+            for i in range(0, len(rows), args.per_device_eval_batch_size):
+                batch = rows[i:i + args.per_device_eval_batch_size]
+                prompts = [row["prompt"] for row in batch]
+                _, _, completion_ids, completion_mask = self._generate(prompts)
+                scores, _ = self._score(batch, prompts, completion_ids, completion_mask, sink)
+                sink["reward"] += scores.tolist()
+                sink["completions/mean_length"] += completion_mask.sum(1).float().tolist()
+        values = {k: nan_mean(v) for k, v in sink.items()}
+        values["reward_std"] = float(np.std(sink["reward"], ddof=1)) if len(sink["reward"]) > 1 else 0.0
+        values = self._reduce_metrics(values)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in sorted(values.items())}
+        metrics[f"{metric_key_prefix}_runtime"] = time.time() - start
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        if acc.is_main_process and not args.disable_tqdm:
+            tqdm.write(str({k: round(v, 4) for k, v in metrics.items()}))
+        self.control = self.callback_handler.on_log(args, self.state, self.control, logs=metrics)
+        self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics=metrics)
+        return metrics
+
     def _next_prompts(self) -> list[dict]:
         """This process's prompts for the current step: a seeded permutation per pass over the dataset, so the
         sequence is a pure function of (seed, step, rank) and resumes exactly."""
         n_prompts = self.args.per_device_train_batch_size // self.args.num_generations
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         first = (self.state.global_step * world + rank) * n_prompts
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
         n = len(self.train_dataset)
         rows, perms = [], {}
         for k in range(first, first + n_prompts):
             data_epoch = k // n
             if data_epoch not in perms:
-                perms[data_epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + data_epoch))
+                perms[data_epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + data_epoch))
             rows.append(self.train_dataset[int(perms[data_epoch][k % n])])
         return rows
 
@@ -417,9 +516,12 @@ class AttnPPOTrainer:
         completion_ids = out[:, prompt_ids.shape[1]:]
         return prompt_ids, prompt_mask, completion_ids, completion_mask_until_eos(completion_ids, self.eos_token_id)
 
-    def _score(self, rows, prompts, completion_ids, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, rows, prompts, completion_ids, completion_mask, sink: dict[str, list[float]] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), scored (B,) bool): the weighted sum of rewards, NaN-free; a row every reward function
-        answered None for is not scored and is left out of the update."""
+        answered None for is not scored and is left out of the update. Per-function means and the reward functions'
+        own ``log_metric`` values go to ``sink`` (default: this step's metrics)."""
+        sink = self._step_metrics if sink is None else sink
         ids_list = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
         texts = self.processing_class.batch_decode(ids_list, skip_special_tokens=True)
         completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
@@ -427,19 +529,15 @@ class AttnPPOTrainer:
         per_func = torch.zeros(len(rows), len(self.reward_funcs))
         for i, (func, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
             out = func(prompts=prompts, completions=completions, completion_ids=ids_list, trainer_state=self.state,
-                       log_metric=self._log_metric, **columns)
+                       log_metric=lambda key, value: sink[key].append(float(value)), **columns)
             if len(out) != len(rows):
                 raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(rows)} completions")
             per_func[:, i] = torch.tensor([math.nan if r is None else float(r) for r in out])
-            self._step_metrics[f"rewards/{name}/mean"].append(torch.nanmean(per_func[:, i]).item())
+            sink[f"rewards/{name}/mean"].append(torch.nanmean(per_func[:, i]).item())
         scored = ~torch.isnan(per_func).all(1)
         scores = (per_func * self.reward_weights).nansum(1)
         device = self.accelerator.device
         return scores.to(device), scored.to(device)
-
-    def _log_metric(self, name: str, value: float) -> None:
-        """Handed to reward functions (TRL's ``log_metric``): a scalar logged with this step's metrics."""
-        self._step_metrics[name].append(float(value))
 
     def _reference_logprobs(self, ids, mask, n_completion) -> torch.Tensor:
         if self.ref_model is not None:
@@ -550,7 +648,9 @@ class AttnPPOTrainer:
         self._step_metrics.clear()
         self._pending_metrics.append(metrics)
         entry = None
-        if self.state.global_step % self.state.logging_steps == 0 or self.state.global_step == self.args.max_steps:
+        step = self.state.global_step
+        if step % self.state.logging_steps == 0 or step == self.args.max_steps or (
+                step == 1 and self.args.logging_first_step):
             keys = {k for p in self._pending_metrics for k in p}
             entry = {k: nan_mean([p[k] for p in self._pending_metrics if k in p]) for k in sorted(keys)}
             entry["step"] = self.state.global_step
@@ -617,6 +717,27 @@ class AttnPPOTrainer:
         # our own file: Python/NumPy RNG states are not plain tensors
         _set_rng_state(torch.load(path / RNG_STATE_FILE.format(rank=self.accelerator.process_index),
                                   weights_only=False))
+
+
+def _plain(value):
+    """The string of a TrainingArguments enum (IntervalStrategy.STEPS -> 'steps'), for messages."""
+    return getattr(value, "value", value)
+
+
+def _check_prompt_datasets(train_dataset, eval_dataset, args) -> None:
+    """ValueError unless the datasets have a ``prompt`` column and evaluation has a dataset when it is asked for."""
+    named = {"train_dataset": train_dataset}
+    if isinstance(eval_dataset, dict):
+        named.update({f"eval_dataset[{k!r}]": v for k, v in eval_dataset.items()})
+    elif eval_dataset is not None:
+        named["eval_dataset"] = eval_dataset
+    for name, dataset in named.items():
+        if "prompt" not in dataset.column_names:
+            raise ValueError(f"{name} needs a 'prompt' column; it has {dataset.column_names}")
+    if eval_dataset is None and (args.eval_strategy != "no" or args.eval_on_start):
+        raise ValueError(f"eval_strategy={_plain(args.eval_strategy)!r}, "
+                         f"eval_on_start={args.eval_on_start} evaluate on an eval_dataset: pass eval_dataset= to "
+                         "AttnPPOTrainer, or set eval_strategy='no' and eval_on_start=False")
 
 
 def sampling_generation_config(max_new_tokens: int, temperature: float, pad_token_id: int | None,
