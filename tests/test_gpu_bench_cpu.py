@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
 
 ROOT = Path(__file__).resolve().parent.parent
