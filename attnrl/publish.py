@@ -203,7 +203,7 @@ def model_card(results: dict, adapter_config: dict, config: dict, dest: Path, lm
         f"# AttnGRPO ({strategy} credit) LoRA adapter for {base_name}",
         f"Trained with attnrl (GRPO with attention-aware credit assignment, strategy "
         f"`{strategy}`) on the `{task}` task. Base model: `{base_name}`"
-        + (f" (recorded path `{base_path}`)" if base_path != base_name else "") + ".",
+        + (f" (`base_model_name_or_path`: `{base_path}`)" if base_path != base_name else "") + ".",
     ]
     if base_name == DEFAULT_MODEL:
         sections.append(f"The base is attnrl's embedded default: {_DEFAULT_MODEL_HUB_ID} dequantised from its Q4_1 "
@@ -276,7 +276,7 @@ def lm_eval_section(base_name: str, hub_id: str | None, task_name: str, config: 
         base, note = base_name, ""
     command = (f"lm-eval run --model hf --model_args pretrained={base},peft=<this folder> "
                f"--include_path <this folder>/{LM_EVAL_DIR} --tasks {task_name} --apply_chat_template "
-               "--batch_size 1")
+               "--batch_size 1")  # batch 1: no padding, the generations of `attnrl eval --batch_size 1`
     return (
         "## lm-evaluation-harness\n\n"
         f"`{LM_EVAL_DIR}/` holds the task `{task_name}`: the run's held-out problems, greedy generation of at most "
