@@ -212,11 +212,11 @@ def test_lm_eval_on_the_tiny_model_generates_and_scores_as_attnrl_eval(tiny_dir,
 @pytest.mark.slow
 def test_lm_eval_exact_match_equals_attnrl_eval_accuracy_on_the_embedded_default(tmp_path, offline):
     """A LoRA adapter on the embedded SmolLM2 (small random B): the published folder, copied elsewhere, evaluated by
-    lm-eval (the card's command, the dequantised base) and by `attnrl eval` on the same 12 held-out problems."""
+    lm-eval (the card's command, the dequantised base) and by `attnrl eval` on the same 16 held-out problems."""
     pytest.importorskip("lm_eval", reason="needs the eval extra: pip install 'attnrl[eval]'")
     model, _ = load_model_and_tokenizer(DEFAULT_MODEL)
     base_path = resolve_model_path(DEFAULT_MODEL)
-    run = fake_run(tmp_path / "run", model, DEFAULT_MODEL, base_path, eval_size=12, max_new_tokens=8, scale=0.002,
+    run = fake_run(tmp_path / "run", model, DEFAULT_MODEL, base_path, eval_size=16, max_new_tokens=12, scale=0.002,
                    write_records=False)
     copy = tmp_path / "elsewhere" / "pub"
     shutil.copytree(attnrl.publish.publish(run, tmp_path / "pub"), copy)
@@ -225,7 +225,7 @@ def test_lm_eval_exact_match_equals_attnrl_eval_accuracy_on_the_embedded_default
     work.mkdir()
     exact_match, _ = run_lm_eval(card_command(copy), "attnrl_arithmetic_heldout", work)  # base: attnrl's cache
     # `attnrl eval --model smollm2-135m-instruct` takes the adapter whose config names the Hub id
-    accuracy = attnrl_eval(DEFAULT_MODEL, copy, 12, 1, 8, tmp_path / "eval.json")
+    accuracy = attnrl_eval(DEFAULT_MODEL, copy, 16, 1, 12, tmp_path / "eval.json")
     print(f"lm-eval exact_match {exact_match} | attnrl eval accuracy {accuracy}")
     assert 0 < accuracy < 1  # the comparison means something: some right, some wrong
     assert exact_match == accuracy
