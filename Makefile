@@ -9,7 +9,7 @@ PIP := .venv/bin/pip
 	$(PIP) install -q --upgrade pip
 	# torch first: a CPU build (a bare `torch` requirement would pull a multi-GB CUDA build)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,ray]"
+	$(PIP) install -q -e ".[dev,ray,eval]"
 	touch .venv/.installed
 
 setup: .venv/.installed

@@ -50,10 +50,10 @@ if "--cpu-check" in sys.argv:
 import torch
 import torch.nn.functional as F
 import triton
-from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
-from attnrl.kernels.triton_stats import attention_statistics_triton
 
 from attnrl.credit.heads import default_layers
+from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
+from attnrl.kernels.triton_stats import attention_statistics_triton
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CREDIT_SPEC = StatsSpec()  # the credit-assignment defaults W = 10, FAI [s+10, s+100] (docs/methods.md §1.2)

@@ -1,4 +1,16 @@
-"""Backend selection for :func:`attention_statistics`."""
+"""Attention-statistics kernels: the public API of ``attnrl.kernels`` and the backend selection behind it.
+
+``attention_statistics`` is the only entry point the rest of attnrl uses; it picks Triton on CUDA tensors when
+Triton is installed and the chunked PyTorch path (:mod:`attnrl.kernels.reference`) everywhere else
+(docs/methods.md §1.2, §2). Import the API from here: ``from attnrl.kernels.dispatch import attention_statistics,
+StatsSpec, AttentionStats``.
+
+The top-level ``kernels/`` folder installs as ``attnrl.kernels`` (pyproject.toml's package-dir) and deliberately has
+no ``__init__.py``: run from the root of a checkout (``python -m pytest``, ``python -c ...``: the root is first on
+``sys.path``), the folder is then only a namespace portion for the top-level name ``kernels``, and Python's import
+system always prefers a regular package of that name, the Hugging Face Hub's ``kernels`` that transformers imports,
+wherever it lies on ``sys.path``. With ``__init__.py`` the folder would shadow it (tests/test_packaging.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +19,17 @@ import os
 
 import torch
 
-from .reference import AttentionStats, StatsSpec, attention_statistics_torch
+from .reference import AttentionStats, StatsSpec, attention_statistics_torch, fai_counts
+
+__all__ = [
+    "BACKENDS",
+    "AttentionStats",
+    "StatsSpec",
+    "attention_statistics",
+    "attention_statistics_torch",
+    "available_backends",
+    "fai_counts",
+]
 
 BACKENDS = ("auto", "torch", "triton")
 

@@ -3,7 +3,6 @@ end against the model's own eager attention weights; unsupported variants are re
 
 import pytest
 import torch
-from attnrl.kernels import StatsSpec
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GptOssConfig, MistralConfig, Qwen2Config
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -11,6 +10,7 @@ import attnrl.attention.capture as capture
 from attnrl.attention.capture import CaptureError, capture_statistics
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
+from attnrl.kernels.dispatch import StatsSpec
 from attnrl.utils.tiny import tiny_causal_lm
 from tests.test_capture import _batch, assert_capture_matches_eager, eager_attention_weights
 

@@ -3,7 +3,6 @@ outputs unchanged, statistics exact."""
 
 import pytest
 import torch
-from attnrl.kernels import StatsSpec
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
@@ -19,6 +18,7 @@ from attnrl.attention.capture import (
 )
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
+from attnrl.kernels.dispatch import StatsSpec
 from attnrl.utils.tiny import tiny_causal_lm
 
 SPEC = StatsSpec(window=3, fai_lo=2, fai_hi=7)

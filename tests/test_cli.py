@@ -422,9 +422,10 @@ def test_publish_reloads_to_the_same_logits_and_leaves_the_run_untouched(run_dir
     assert cli.main(["publish", str(run_dir), "--out", str(out)]) == 0
     assert tree_digest(run_dir) == before
 
-    files = {p.name for p in out.iterdir()}
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "SHA256SUMS", "reward_curve.png",
-            "rhythm.png", "results.json"} <= files and "training_args.bin" not in files
+            "rhythm.png", "results.json", "lm_eval_task/attnrl_arithmetic_heldout.yaml",
+            "lm_eval_task/attnrl_arithmetic_heldout.jsonl"} <= files and "training_args.bin" not in files
     lines = (out / "SHA256SUMS").read_text().splitlines()
     manifest = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
     assert set(manifest) == files - {"SHA256SUMS"}

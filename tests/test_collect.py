@@ -3,12 +3,12 @@ and credit assignment and AVAR share it."""
 
 import pytest
 import torch
-from attnrl.kernels import AttentionStats, StatsSpec
 from PIL import Image
 
 from attnrl.attention.collect import collect_statistics, images_per_row, micro_batches
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
+from attnrl.kernels.dispatch import AttentionStats, StatsSpec
 from attnrl.utils.tiny import tiny_causal_lm
 from attnrl.utils.tiny_vl import tiny_vl_model, tiny_vl_processor
 from tests.conftest import TINY_CREDIT

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from attnrl.kernels import AttentionStats
 
 from attnrl.credit import (
     STRATEGIES,
@@ -21,6 +20,7 @@ from attnrl.credit import (
     top_q_mask,
     waad_jumps,
 )
+from attnrl.kernels.dispatch import AttentionStats
 
 NAN = float("nan")
 P = CreditParams()  # gamma_amp 1.5, q 0.4, k 3, alpha 0.5
@@ -228,11 +228,10 @@ def test_every_default_is_written_once_and_read_by_the_config():
     import ast
     import inspect
 
-    from attnrl.kernels import StatsSpec
-
     from attnrl.credit import DEFAULT_HEAD_FRACTION, DEFAULT_NUM_LAYERS
     from attnrl.credit import config as config_module
     from attnrl.credit.config import CreditConfig
+    from attnrl.kernels.dispatch import StatsSpec
 
     cfg = CreditConfig()
     assert cfg.credit_params() == CreditParams() and cfg.stats_spec() == StatsSpec()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from attnrl.kernels import StatsSpec
 
 from attnrl.attention.capture import capture_statistics
 from attnrl.credit import default_layers
+from attnrl.kernels.dispatch import StatsSpec
 from tests.test_capture import assert_capture_matches_eager
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
 
 ROOT = Path(__file__).resolve().parent.parent

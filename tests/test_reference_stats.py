@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from attnrl.kernels import StatsSpec, attention_statistics, attention_statistics_torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnrl.kernels.dispatch import StatsSpec, attention_statistics, attention_statistics_torch
 from tests.brute_force import brute_force_statistics
 
 

@@ -8,11 +8,13 @@ if os.environ.get("ATTNRL_TEST_GPU") != "1":  # ATTNRL_TEST_GPU=1: compiled kern
 
 import pytest
 import torch
-from attnrl.kernels import attention_statistics, triton_stats
-from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
-from attnrl.kernels.triton_stats import INTERPRETED, Tiles, attention_statistics_triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from attnrl.kernels import triton_stats
+from attnrl.kernels.dispatch import attention_statistics
+from attnrl.kernels.reference import StatsSpec, attention_statistics_torch
+from attnrl.kernels.triton_stats import INTERPRETED, Tiles, attention_statistics_triton
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 pytestmark = pytest.mark.skipif(

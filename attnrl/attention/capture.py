@@ -6,7 +6,7 @@ transformers' ``AttentionInterface``) under the derived name ``"attnrl:<name>"``
 ``AttentionInterface`` beside the original's mask function (``AttentionMaskInterface``). The wrapper calls the
 original unchanged (the forward's outputs are bit-identical) and, only while a :func:`capture_statistics` context
 is active, hands the post-RoPE queries and keys of the selected layers, with the layer's attention variant
-(sliding window, logit soft-cap, attention sinks), to :func:`attnrl.kernels.attention_statistics`. Never a T x T
+(sliding window, logit soft-cap, attention sinks), to :func:`attnrl.kernels.dispatch.attention_statistics`. Never a T x T
 matrix. :func:`disable_capture` restores the original name. ``"attnrl_sdpa"`` stays registered as an alias of
 ``"attnrl:sdpa"``.
 
@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from attnrl.kernels import AttentionStats, StatsSpec, attention_statistics
+from attnrl.kernels.dispatch import AttentionStats, StatsSpec, attention_statistics
 
 PREFIX = "attnrl:"
 ATTN_IMPLEMENTATION = "attnrl_sdpa"  # alias of "attnrl:sdpa", kept for code that names it

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnrl.kernels import AttentionStats, StatsSpec
+from attnrl.kernels.dispatch import AttentionStats, StatsSpec
 
 from .capture import capture_statistics
 

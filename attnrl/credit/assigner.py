@@ -19,7 +19,7 @@ from attnrl.attention.capture import (
     num_layers,
 )
 from attnrl.attention.collect import collect_statistics
-from attnrl.kernels import AttentionStats
+from attnrl.kernels.dispatch import AttentionStats
 
 from .config import CreditConfig
 from .heads import HeadProfile, head_mean_distances, token_fai, token_waad

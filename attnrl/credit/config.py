@@ -1,7 +1,7 @@
 """Credit-assignment settings shared by the GRPO and PPO trainers (docs/methods.md §1).
 
 Every numeric default is read from where the code that uses it defines it, and written nowhere else:
-:class:`attnrl.credit.strategies.CreditParams` (gamma_amp, q, k, alpha), :class:`attnrl.kernels.StatsSpec` (W, H_lo,
+:class:`attnrl.credit.strategies.CreditParams` (gamma_amp, q, k, alpha), :class:`attnrl.kernels.dispatch.StatsSpec` (W, H_lo,
 H_hi) and :mod:`attnrl.credit.heads` (number of layers, head fraction). All checks of the credit settings live in
 :meth:`CreditConfig.validate_credit` and :meth:`CreditConfig.validate_credit_layers`.
 """
@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from attnrl.kernels import StatsSpec
-from attnrl.kernels.dispatch import BACKENDS
+from attnrl.kernels.dispatch import BACKENDS, StatsSpec
 from attnrl.registry import RegistryError
 
 from .heads import DEFAULT_HEAD_FRACTION, DEFAULT_NUM_LAYERS, HeadProfile, default_layers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from attnrl.kernels import AttentionStats
+from attnrl.kernels.dispatch import AttentionStats
 
 # The only place these two defaults are written (CreditConfig reads them):
 DEFAULT_NUM_LAYERS = 5  # paper (docs/methods.md §1.1): 5 middle layers

@@ -36,7 +36,7 @@ from trl.trainer.utils import pad
 from attnrl.attention.capture import num_layers
 from attnrl.attention.collect import collect_statistics
 from attnrl.credit.assigner import CreditAssigner
-from attnrl.kernels import AttentionStats
+from attnrl.kernels.dispatch import AttentionStats
 from attnrl.rewards.visual import AVAR_RATIO_COLUMN
 from attnrl.trainers.grpo import AttnGRPOConfig, AttnGRPOTrainer
 
