@@ -4,7 +4,7 @@ A random tiny model never writes a tool call, so generation is driven as TRL's o
 ``_generate_single_turn`` returns fixed token ids (a tool call first, then a short answer after the tool result),
 and the ``rollout_func`` returns fixed completions with an ``env_mask``; identically for ``trl.GRPOTrainer`` and
 ``AttnGRPOTrainer``. TRL marks tool-result / environment tokens with ``tool_mask`` 0 and trains on
-``completion_mask * tool_mask``; credit must treat exactly those tokens as the response (docs/methods.md §1.4).
+``completion_mask * tool_mask``; credit must treat exactly those tokens as the response (docs/methods.md §1.3.1).
 """
 
 import math
@@ -13,8 +13,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from attnrl.trainers.grpo import AttnGRPOTrainer, model_token_mask
-from tests.conftest import prompt_dataset
+from attnrl.trainers.grpo import AttnGRPOTrainer
 
 TOOL_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 4}}\n</tool_call>'
 ANSWERS = ["7", "It is 7.", "The sum is 7.", "3 + 4 = 7, so 7."]  # after the tool result; one per row
@@ -87,6 +86,11 @@ def env_rollout(prompts, trainer):
         completion_ids.append(model_a + feedback + model_b)
         env_mask.append([1] * len(model_a) + [0] * len(feedback) + [1] * len(model_b))
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask}
+
+
+def model_token_mask(batch):
+    """(B, Tc) bool: the tokens TRL's loss trains on, completion_mask * tool_mask."""
+    return batch["completion_mask"].bool() & batch["tool_mask"].bool()
 
 
 def text_reward(completions, **kwargs):

@@ -198,7 +198,7 @@ class CreditAssigner:
         loss trains on (``completion_mask * tool_mask`` with tools / environments). Head distances, WAAD/FAI of
         candidates, TopQ counts, medians and metrics use these only; gamma = 1 elsewhere. Tool / environment tokens
         inside the completion still enter the statistics as keys, as queries and as positions (docs/methods.md
-        §1.4). cache_profile: see :meth:`head_profile`.
+        §1.3.1). cache_profile: see :meth:`head_profile`.
         """
         response = (completion_mask if response_mask is None else response_mask).bool()
         inputs = CreditInputs(response_mask=response, entropy=entropy, generator=self.generator)

@@ -15,7 +15,7 @@ accepts as they are (trl >= 1.16). Where the statistics come from:
 
 Credit is for the tokens TRL's loss trains on: ``completion_mask * tool_mask`` when the batch has a ``tool_mask``
 (``tools=``, ``environment_factory``, a ``rollout_func`` returning ``env_mask``); tool and environment tokens get
-gamma 1 and enter the statistics only as context (docs/methods.md §1.4).
+gamma 1 and enter the statistics only as context (docs/methods.md §1.3.1).
 
 TRL hands one buffered batch to the loss several times when ``num_iterations > 1`` (on-policy too, when the
 accumulation is a multiple of ``steps_per_generation * num_iterations``). The group advantages A (B,) are kept
