@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from attnrl.attention.collect import collect_statistics, images_per_row, micro_batches
+from attnrl.attention.capture import capture_statistics
+from attnrl.attention.collect import capture_each_forward, collect_statistics, images_per_row, micro_batches
 from attnrl.credit.assigner import CreditAssigner
 from attnrl.credit.config import CreditConfig
 from attnrl.kernels.dispatch import AttentionStats, StatsSpec
@@ -76,6 +77,31 @@ def test_text_micro_batches_give_the_statistics_of_one_forward():
         collect_statistics(model, [1], ids, mask, torch.tensor([9, 9]), SPEC)
     with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
         collect_statistics(model, [1], ids, mask, 9, SPEC, batch_size=0)
+
+
+def test_capture_each_forward_joins_a_callers_micro_batches_and_leaves_the_forward_whole():
+    """Statistics recorded in someone else's micro-batched forwards (as TRL's old log-prob pass) equal the collector's;
+    the forwards run to the end with unchanged logits; a failing forward leaves no capture active."""
+    model = tiny_causal_lm("llama").eval()
+    ids, mask = _text_batch()
+    whole = collect_statistics(model, [1, 2], ids, mask, 9, SPEC, backend="torch")
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        with capture_each_forward(model, [1, 2], 9, SPEC, backend="torch") as caps:
+            logits = torch.cat([model(input_ids=ids[r], attention_mask=mask[r]).logits
+                                for r in (slice(0, 2), slice(2, 3))])
+    assert len(caps.parts) == 2 and caps.rows == 3
+    _assert_same(caps.stats(), whole)
+    torch.testing.assert_close(logits, plain)
+    with pytest.raises(RuntimeError, match="boom"), capture_each_forward(model, [1], 9, SPEC, backend="torch"):
+        handle = model.model.layers[3].register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        try:
+            model(input_ids=ids, attention_mask=mask)
+        finally:
+            handle.remove()
+    with capture_statistics(model, [1], mask, torch.full((3,), 9), SPEC, backend="torch") as cap:  # none left open
+        model(input_ids=ids, attention_mask=mask)
+    assert 1 in cap.stats
 
 
 def _vl_batch(processor):

@@ -67,7 +67,7 @@ def test_on_policy_statistics_come_from_the_loss_forward_and_match_a_separate_pa
     _assert_gamma_times_group_advantage(out["advantages"], group_adv, fused.gamma, out["completion_mask"].bool())
 
 
-def test_multiple_iterations_use_the_separate_pass(grpo_trainer):
+def test_multiple_iterations_shape_advantages_at_scoring_time(grpo_trainer):
     trainer = grpo_trainer(num_iterations=2)
     out = _rollout(trainer)
     assert "old_per_token_logps" in out and out["advantages"].shape == out["completion_ids"].shape

@@ -21,15 +21,17 @@ The statistics of a row do not depend on the other rows of its micro-batch, so t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from attnrl.kernels.dispatch import AttentionStats, StatsSpec
 
-from .capture import capture_statistics
+from .capture import CaptureError, capture_statistics
 
-__all__ = ["collect_statistics", "images_per_row", "micro_batches"]
+__all__ = ["ForwardCaptures", "capture_each_forward", "collect_statistics", "images_per_row", "micro_batches"]
 
 _GRID_IMAGE_KEYS = ("pixel_values", "image_grid_thw")
 
@@ -154,3 +156,65 @@ def collect_statistics(
             model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], use_cache=False, **kwargs)
         parts.append(cap.stats)
     return {layer: AttentionStats.cat([p[layer] for p in parts]) for layer in sorted(parts[0])}
+
+
+@dataclass
+class ForwardCaptures:
+    """Statistics recorded by :func:`capture_each_forward`: one {layer: AttentionStats (b_i, H, T)} per forward,
+    in call order, and the wall time spent computing them (inside the forwards)."""
+
+    parts: list[dict[int, AttentionStats]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(next(iter(p.values())).waad.shape[0] for p in self.parts)
+
+    def stats(self) -> dict[int, AttentionStats]:
+        """The forwards' statistics joined along B ({layer: (sum b_i, H, T)}), as one forward over all rows would
+        give them; the forwards must have covered consecutive row blocks of one padded batch, in order."""
+        if not self.parts:
+            raise CaptureError("no forward ran inside capture_each_forward")
+        return {layer: AttentionStats.cat([p[layer] for p in self.parts]) for layer in sorted(self.parts[0])}
+
+
+@contextlib.contextmanager
+def capture_each_forward(
+    model, layers: Sequence[int], resp_start: int, spec: StatsSpec = StatsSpec(), *, backend: str = "auto"
+) -> Iterator[ForwardCaptures]:
+    """Record statistics of ``layers`` during every forward of ``model`` that someone else runs inside the block.
+
+    For a forward the caller does not control but needs anyway (TRL's no-grad old log-prob pass, which splits
+    the batch into micro-batches of its own ``batch_size``): a forward pre-hook opens one
+    :func:`capture_statistics` context over that call's ``attention_mask`` (b_i, T) (a keyword argument, as
+    transformers callers pass it) with responses from ``resp_start`` in every row, and a forward hook closes it.
+    Each forward runs to its end (its outputs are the caller's, unchanged). Join the parts with
+    :meth:`ForwardCaptures.stats`.
+    """
+    captures = ForwardCaptures()
+    open_contexts: list = []  # the capture context of the forward now running (at most one)
+
+    def before(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if not torch.is_tensor(mask) or mask.dim() != 2:
+            raise CaptureError("capture_each_forward needs each forward's (B, T) attention_mask as a keyword argument")
+        resp = torch.full((mask.shape[0],), int(resp_start), device=mask.device)
+        ctx = capture_statistics(model, layers, mask, resp, spec, backend=backend)
+        open_contexts.append((ctx, ctx.__enter__()))
+
+    def after(module, args, output):
+        ctx, cap = open_contexts.pop()
+        ctx.__exit__(None, None, None)  # CaptureError here if a layer was not recorded
+        captures.parts.append(cap.stats)
+        captures.seconds += cap.seconds
+
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True), model.register_forward_hook(after)]
+    try:
+        yield captures
+    except BaseException as e:
+        while open_contexts:  # a forward failed: leave no capture active
+            open_contexts.pop()[0].__exit__(type(e), e, e.__traceback__)
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()

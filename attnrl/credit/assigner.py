@@ -6,7 +6,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -18,7 +18,7 @@ from attnrl.attention.capture import (
     layer_types,
     num_layers,
 )
-from attnrl.attention.collect import collect_statistics
+from attnrl.attention.collect import ForwardCaptures, capture_each_forward, collect_statistics
 from attnrl.kernels.dispatch import AttentionStats
 
 from .config import CreditConfig
@@ -98,16 +98,33 @@ class CreditAssigner:
         return collect_statistics(model, self.layers, input_ids, attention_mask, resp_start, self.spec,
                                   batch_size=batch_size, backend=self.config.credit_backend, **forward_kwargs)
 
-    def head_profile(self, stats: dict[int, AttentionStats], response_mask: torch.Tensor) -> HeadProfile:
+    def head_profile(self, stats: dict[int, AttentionStats], response_mask: torch.Tensor,
+                     cache: bool = True) -> HeadProfile:
         """The local/global split: cached, or recomputed from this batch (config.credit_head_profile); the batch is
-        every rank's together when ``reduce_across_ranks`` (see the class docstring)."""
+        every rank's together when ``reduce_across_ranks`` (see the class docstring). response_mask: (B, T) bool,
+        the query tokens whose distances count (model-written response tokens). ``cache=False`` (evaluation
+        rollouts): a profile computed here is used for this batch only and never becomes the cached one."""
         if self.profile is not None and self.config.credit_head_profile == "cached":
             return self.profile
         distances = head_mean_distances(stats, response_mask, reduce_across_ranks=self.reduce_across_ranks)
         profile = HeadProfile.from_distances(self.layers, distances, self.config.credit_head_fraction)
-        if self.config.credit_head_profile == "cached":
+        if self.config.credit_head_profile == "cached" and cache:
             self.profile = profile
         return profile
+
+    def state_dict(self) -> dict:
+        """What credit carries from step to step and a checkpoint must hold: the ``random`` strategy's generator
+        state and the cached head profile (None until profiled), as tensors and lists (``torch.load`` with
+        ``weights_only=True`` reads it)."""
+        profile = self.profile
+        return {"credit_generator": self.generator.get_state(),
+                "credit_profile": None if profile is None else asdict(profile)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.generator.set_state(state["credit_generator"].cpu())
+        if state["credit_profile"] is not None:
+            self.profile = HeadProfile(**state["credit_profile"])
 
     def assign(
         self,
@@ -119,23 +136,35 @@ class CreditAssigner:
         *,
         entropy: torch.Tensor | None = None,
         batch_size: int | None = None,
+        response_mask: torch.Tensor | None = None,
+        cache_profile: bool = True,
         **forward_kwargs,
     ) -> CreditResult:
         """gamma for a padded batch: prompts (B, Tp) left-padded, completions (B, Tc) right-padded.
 
         Runs its own statistics forward (stopped after the last analysed layer) when the strategy needs attention.
+        response_mask (B, Tc): the model-written tokens credit is for (default ``completion_mask``; see
+        :meth:`from_statistics`); cache_profile: see :meth:`head_profile`.
         """
         stats = None
         if "attention" in self.needs:
             ids = torch.cat([prompt_ids, completion_ids], 1)
             mask = torch.cat([prompt_mask, completion_mask], 1)
             stats = self.collect_statistics(model, ids, mask, prompt_ids.shape[1], batch_size, **forward_kwargs)
-        return self.from_statistics(stats, prompt_mask, completion_mask, entropy)
+        return self.from_statistics(stats, prompt_mask, completion_mask, entropy, response_mask=response_mask,
+                                    cache_profile=cache_profile)
+
+    def capture_each_forward(self, model, resp_start: int) -> contextlib.AbstractContextManager[ForwardCaptures]:
+        """Record this assigner's statistics during every forward of ``model`` the caller runs inside the block
+        (e.g. TRL's micro-batched no-grad log-prob pass over [prompt; completion], responses from ``resp_start``);
+        :func:`attnrl.attention.collect.capture_each_forward` with this assigner's layers, spec and backend."""
+        return capture_each_forward(model, self.layers, resp_start, self.spec, backend=self.config.credit_backend)
 
     @contextlib.contextmanager
     def capture_during_forward(
         self, model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor,
-        on_result: Callable[[CreditResult], None],
+        on_result: Callable[[CreditResult], None], *, response_mask: torch.Tensor | None = None,
+        cache_profile: bool = True,
     ) -> Iterator[None]:
         """Take the statistics from a forward the caller runs anyway over [prompt; completion] (the loss forward).
 
@@ -148,7 +177,8 @@ class CreditAssigner:
 
         def done(cap):
             start = time.perf_counter()
-            result = self.from_statistics(cap.stats, prompt_mask, completion_mask)
+            result = self.from_statistics(cap.stats, prompt_mask, completion_mask, response_mask=response_mask,
+                                          cache_profile=cache_profile)
             # the forward itself is the caller's: only the statistics and the weights are extra work
             result.metrics["credit/seconds"] = cap.seconds + time.perf_counter() - start
             on_result(result)
@@ -163,15 +193,25 @@ class CreditAssigner:
         prompt_mask: torch.Tensor,
         completion_mask: torch.Tensor,
         entropy: torch.Tensor | None = None,
+        *,
+        response_mask: torch.Tensor | None = None,
+        cache_profile: bool = True,
     ) -> CreditResult:
-        """gamma (B, Tc) from per-layer statistics over [prompt; completion] (None for attention-free strategies)."""
-        response = completion_mask.bool()
+        """gamma (B, Tc) from per-layer statistics over [prompt; completion] (None for attention-free strategies).
+
+        response_mask (B, Tc), default ``completion_mask``: the tokens credit is for — the model-written tokens the
+        loss trains on (``completion_mask * tool_mask`` with tools / environments). Head distances, WAAD/FAI of
+        candidates, TopQ counts, medians and metrics use these only; gamma = 1 elsewhere. Tool / environment tokens
+        inside the completion still enter the statistics as keys, as queries and as positions (docs/methods.md
+        §1.3.1). cache_profile: see :meth:`head_profile`.
+        """
+        response = (completion_mask if response_mask is None else response_mask).bool()
         inputs = CreditInputs(response_mask=response, entropy=entropy, generator=self.generator)
         result = CreditResult(gamma=torch.ones_like(completion_mask, dtype=torch.float32))
         if stats is not None:
             Tp = prompt_mask.shape[1]
             full_response = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response], 1)
-            profile = result.profile = self.head_profile(stats, full_response)
+            profile = result.profile = self.head_profile(stats, full_response, cache=cache_profile)
             inputs.waad = token_waad(stats, profile)[:, Tp:].to(response.device)
             inputs.fai = token_fai(stats, profile)[:, Tp:].to(response.device)
             result.waad, result.fai = inputs.waad, inputs.fai

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ from trl.trainer.utils import get_callable_name
 from attnrl.algos import ppo_core
 from attnrl.credit.assigner import CreditAssigner, CreditResult
 from attnrl.credit.config import CreditConfig
-from attnrl.credit.heads import HeadProfile
 from attnrl.credit.strategies import shape_advantages
 
 from .ppo_fields import refused_settings
@@ -685,15 +684,13 @@ class AttnPPOTrainer:
                 self.critic.save_pretrained(out / CRITIC_DIR)
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
                       out / CRITIC_DIR / VALUE_HEAD_FILE)
-            profile = self.credit.profile
             torch.save({
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "global_step": self.state.global_step,
                 "log_history": self.state.log_history,
                 "pending_metrics": self._pending_metrics,
-                "credit_generator": self.credit.generator.get_state(),
-                "credit_profile": None if profile is None else asdict(profile),
+                **self.credit.state_dict(),  # credit_generator, credit_profile
             }, out / TRAINING_STATE_FILE)
         acc.wait_for_everyone()
         torch.save(_rng_state(), out / RNG_STATE_FILE.format(rank=acc.process_index))
@@ -711,9 +708,7 @@ class AttnPPOTrainer:
         self.state.global_step = state["global_step"]
         self.state.log_history = state["log_history"]
         self._pending_metrics = state["pending_metrics"]
-        self.credit.generator.set_state(state["credit_generator"].cpu())
-        if state["credit_profile"] is not None:
-            self.credit.profile = HeadProfile(**state["credit_profile"])
+        self.credit.load_state_dict(state)
         # our own file: Python/NumPy RNG states are not plain tensors
         _set_rng_state(torch.load(path / RNG_STATE_FILE.format(rank=self.accelerator.process_index),
                                   weights_only=False))
