@@ -40,7 +40,7 @@ def test_the_wheel_holds_no_study_code_and_no_path_into_benchmarks(wheel):
     packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert packages == {"attnrl"}, packages  # no top-level benchmarks/ (nor kernels/, rewards/)
     assert not [n for n in names if n.startswith("attnrl/organism/")]
-    assert "attnrl/kernels/__init__.py" in names and "attnrl/rewards/__init__.py" in names
+    assert "attnrl/kernels/dispatch.py" in names and "attnrl/rewards/__init__.py" in names
     assert "attnrl/analysis/causal.py" in names  # the premise test stays a user feature
     # no installed module names the study's folder: no default path into benchmarks/, no import of the study
     assert not [n for n, text in sources.items() if "benchmarks" in text]

@@ -180,7 +180,8 @@ class CreditAssigner:
             result = self.from_statistics(cap.stats, prompt_mask, completion_mask, response_mask=response_mask,
                                           cache_profile=cache_profile)
             # the forward itself is the caller's: only the statistics and the weights are extra work
-            result.metrics["credit/seconds"] = cap.seconds + time.perf_counter() - start
+            if result.metrics:  # an empty micro-batch logs no metric at all
+                result.metrics["credit/seconds"] = cap.seconds + time.perf_counter() - start
             on_result(result)
 
         with capture_statistics(model, self.layers, mask, resp, self.spec, backend=self.config.credit_backend,

@@ -182,7 +182,7 @@ class AttnGRPOTrainer(GRPOTrainer):
         batch["advantages"] = shape_advantages(
             unshaped, result.gamma, model_token_mask(batch), self.credit_config.credit_sign_mode
         )
-        if seconds is not None:
+        if seconds is not None and result.metrics:  # an empty micro-batch logs nothing (no credit/* at all)
             result.metrics["credit/seconds"] = seconds
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(value)
