@@ -59,6 +59,21 @@ def model_token_mask(batch: dict) -> torch.Tensor:
     return mask & batch["tool_mask"].bool() if "tool_mask" in batch else mask
 
 
+ASYNC_GRPO_REFUSAL = (
+    "trl.experimental.async_grpo is not supported by attnrl: AsyncGRPOTrainer is not a GRPOTrainer subclass, its "
+    "rollout worker computes one float advantage per sample and it packs rows through its own attention function, "
+    "so token credit has nowhere to go. Use AttnGRPOTrainer with an AttnGRPOConfig (vLLM generation works there: "
+    "use_vllm=True; the statistics are then recorded during TRL's old log-prob forward). See docs/trl_compatibility.md."
+)
+
+
+def refuse_async_config(args) -> None:
+    """TypeError when ``args`` is TRL's AsyncGRPOConfig (a user combining the async trainer's config with ours)."""
+    for cls in type(args).__mro__:
+        if cls.__name__ == "AsyncGRPOConfig" and cls.__module__.startswith("trl.experimental.async_grpo"):
+            raise TypeError(ASYNC_GRPO_REFUSAL)
+
+
 @dataclass
 class AttnGRPOConfig(GRPOConfig, CreditConfig):
     """``trl.GRPOConfig`` plus the ``credit_*`` fields of :class:`attnrl.credit.CreditConfig`."""
@@ -72,6 +87,7 @@ class AttnGRPOTrainer(GRPOTrainer):
     """GRPO with preplan/anchor (or any registered) token credit. Accepts a plain GRPOConfig too (defaults)."""
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, *pargs, **kwargs):
+        refuse_async_config(args)
         # credit settings are validated here, before TRL's (slow) model loading
         credit_cfg = credit_config_from(args) if args is not None else CreditConfig()
         if isinstance(model, str):  # "smollm2-135m-instruct" is the embedded default, like everywhere in attnrl
