@@ -91,9 +91,9 @@ def test_top_entropy_quantile_masks_the_loss_and_credit_still_shapes(grpo_traine
 
 
 def test_trl_is_pinned_to_the_minor_release_the_tests_ran_on():
-    import tomllib
     from importlib.metadata import version
 
+    import tomllib
     from packaging.requirements import Requirement
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
