@@ -31,6 +31,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]  # the working directory of the cell processes (``python -m``)
 
 
+def machine() -> dict:
+    """What a cell's floating point depends on besides the code: the CPU model and flags that pick the kernels, and the
+    numeric libraries' versions (cells of one code on two machines can differ in the last digits, then drift)."""
+    import platform
+    from importlib.metadata import version
+
+    cpu, flags = platform.processor(), []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+                break
+    return {"cpu": cpu, "cpu_flags": flags, "python": platform.python_version(),
+            **{name: version(name) for name in ("torch", "transformers", "trl", "accelerate")}}
+
+
 def cell_name(task: str, strategy: str, seed: int) -> str:
     return f"{task}__{strategy}__s{seed}"
 
@@ -123,7 +142,7 @@ class SweepCell:
                 "seconds_per_step": round((wall - eval_seconds) / self.budget.steps, 2)}
 
     def finish(self, out_dir=None, extra=None) -> dict:
-        result = {**self.cell_result(), **(extra or {})}
+        result = {**self.cell_result(), **(extra or {}), "machine": machine()}
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / "cells" / f"{self.name}.json", result)
         return result

@@ -370,6 +370,7 @@ def test_sweep_cell_runs_on_a_tiny_checkpoint(tmp_path):
     assert "sampled_accuracy" in json.loads((out / "base__organism.json").read_text())
     assert cell["config"]["credit_window"] == 5 and cell["config"]["credit_fai_hi"] == 46
     assert 0 < cell["credit_positions"]["amplified_frac"] < 1 and cell["wall_seconds"] > 0
+    assert cell["machine"]["torch"] and "cpu_flags" in cell["machine"]  # what its floating point depends on
     peer = json.loads((out / "cells" / "organism__trl_top_entropy__s0.json").read_text())
     assert peer["config"]["top_entropy_quantile"] == 0.2 and peer["credit_positions"]["amplified_frac"] == 0
     assert (out / "base__organism.json").exists()
