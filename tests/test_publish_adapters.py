@@ -92,6 +92,10 @@ def test_a_copy_of_the_published_folder_loads_by_its_config_alone(tiny_dir, tmp_
     trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(run / "adapter"))
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     assert torch.equal(logits(loaded), logits(trained)) and not torch.allclose(logits(loaded), logits(base), atol=1e-3)
+    # the way most users load it: their base model, then PeftModel.from_pretrained on the copied folder
+    base_id = json.loads((elsewhere / "adapter_config.json").read_text())["base_model_name_or_path"]
+    by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_id), str(elsewhere))
+    assert torch.equal(logits(by_hand), logits(trained))
     # the manifest still checks after the config rewrite
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=elsewhere, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
