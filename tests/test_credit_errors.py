@@ -241,3 +241,16 @@ def test_a_micro_batch_without_response_tokens_logs_no_metric(strategy):
         assert got[0].metrics == {}
     # a batch with response tokens still logs them all
     assert "credit/gamma_mean" in assigner.assign(model, *_batch([4, 2])).metrics
+
+
+def test_an_empty_first_batch_never_becomes_the_cached_head_profile():
+    model = tiny_causal_lm("llama")
+    config = CreditConfig(credit_strategy="coupled", credit_fai_lo=1, credit_window=3, credit_head_profile="cached")
+    assigner = CreditAssigner(config, model)
+    assigner.assign(model, *_batch([0, 0]))
+    assert assigner.profile is None  # no response token: its zero distances are no profile
+    assigner.assign(model, *_batch([8, 6]))
+    profile = assigner.profile
+    assert profile is not None and profile.distances.gt(0).any()
+    assigner.assign(model, *_batch([0, 0]))
+    assert assigner.profile is profile  # kept once made

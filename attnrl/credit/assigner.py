@@ -22,7 +22,7 @@ from attnrl.attention.collect import ForwardCaptures, capture_each_forward, coll
 from attnrl.kernels.dispatch import AttentionStats
 
 from .config import CreditConfig
-from .heads import HeadProfile, head_mean_distances, token_fai, token_waad
+from .heads import HeadProfile, head_distances_and_count, token_fai, token_waad
 from .strategies import STRATEGY_NEEDS, CreditInputs, StrategyOutput, get_strategy
 
 
@@ -106,9 +106,9 @@ class CreditAssigner:
         rollouts): a profile computed here is used for this batch only and never becomes the cached one."""
         if self.profile is not None and self.config.credit_head_profile == "cached":
             return self.profile
-        distances = head_mean_distances(stats, response_mask, reduce_across_ranks=self.reduce_across_ranks)
+        distances, tokens = head_distances_and_count(stats, response_mask, reduce_across_ranks=self.reduce_across_ranks)
         profile = HeadProfile.from_distances(self.layers, distances, self.config.credit_head_fraction)
-        if self.config.credit_head_profile == "cached" and cache:
+        if self.config.credit_head_profile == "cached" and cache and tokens > 0:  # never cache an empty batch's
             self.profile = profile
         return profile
 

@@ -49,12 +49,20 @@ def head_mean_distances(
     counts are summed over the ranks first (one all_reduce, which every rank must enter), so every rank gets the
     distances of the whole data-parallel batch, as one process holding all of it would (docs/methods.md §1.1).
     """
+    return head_distances_and_count(stats, response_mask, reduce_across_ranks)[0]
+
+
+def head_distances_and_count(
+    stats: dict[int, AttentionStats], response_mask: torch.Tensor, reduce_across_ranks: bool = False
+) -> tuple[torch.Tensor, int]:
+    """:func:`head_mean_distances` (n_layers, H) and the number of response tokens behind them (every rank's when
+    reduced): 0 means the distances are empty placeholders, not a profile."""
     sums, count = head_distance_sums(stats, response_mask)
     if reduce_across_ranks and distributed_world_size() > 1:
         packed = torch.cat([sums.flatten(), count[None]])
         torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.SUM)
         sums, count = packed[:-1].view_as(sums), packed[-1]
-    return sums / count.clamp(min=1.0)
+    return sums / count.clamp(min=1.0), int(count)
 
 
 @dataclass
