@@ -54,10 +54,10 @@ def test_the_extending_examples_run_as_written(tmp_path):
     """Every Python example of "Extending" runs: the strategy shapes a batch, the reward scores, the task makes a
     dataset, and a model loaded with the user's attention implementation is captured (attnrl:<name>)."""
     import torch
+    from attnrl.rewards import TASKS, make_dataset
 
     from attnrl.credit import CreditInputs, CreditParams, get_strategy
     from attnrl.credit.strategies import STRATEGIES
-    from attnrl.rewards import TASKS, make_dataset
     from attnrl.utils.tiny import tiny_causal_lm
 
     strategy, reward, task, attention = _extending_blocks()

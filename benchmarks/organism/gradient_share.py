@@ -113,6 +113,9 @@ def measure(checkpoint: Path, prompts: int = 64, group: int = 8, batch_prompts: 
                                              "grad_gamma": 0.0} for a in arms}
     confident = {"tokens": 0.0, "selected": 0.0, "grad": 0.0, "grad_selected": 0.0}
     generator = torch.Generator().manual_seed(seed)
+    assigners = {arm: CreditAssigner(CreditConfig(credit_strategy=VARIANTS[arm][0], **VARIANTS[arm][1]), model,
+                                      reduce_across_ranks=False)
+                 for arm in arms if arm in VARIANTS and VARIANTS[arm][0] not in ("uniform", "entropy", "random")}
     for b, start in enumerate(range(0, prompts, batch_prompts)):
         rows = [problems[i] for i in range(start, min(start + batch_prompts, prompts))]
         p_ids, p_mask, c_ids, c_mask = rollouts(model, tokenizer, rows, group, max_new_tokens, seed + b)
@@ -149,11 +152,8 @@ def measure(checkpoint: Path, prompts: int = 64, group: int = 8, batch_prompts: 
                 gamma = 1.0 + (CreditParams().gamma_amp - 1.0) * selected.float()
             elif arm == "uniform":
                 selected, gamma = torch.zeros_like(mask), torch.ones_like(weights)
-            else:
-                strategy, overrides, _ = VARIANTS[arm]
-                assigner = CreditAssigner(CreditConfig(credit_strategy=strategy, **overrides), model,
-                                          reduce_across_ranks=False)
-                gamma = assigner.assign(model, p_ids, p_mask, c_ids, c_mask, batch_size=len(c_ids)).gamma
+            else:  # an attention strategy: one assigner per arm (per-batch head profile, as in the sweep)
+                gamma = assigners[arm].assign(model, p_ids, p_mask, c_ids, c_mask, batch_size=len(c_ids)).gamma
                 selected = (gamma > 1.0) & mask
             s = sums[arm]
             s["tokens"] += float(mask.sum())

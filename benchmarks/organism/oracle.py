@@ -111,15 +111,15 @@ def decisive_char_spans(text: str, numbers: list[int], target: int, advantage: f
     return []
 
 
-def token_char_spans(token_ids: list[int], tokenizer) -> list[tuple[int, int]]:
-    """Character span of each token in the decoded completion (special tokens: an empty span)."""
-    spans, pos = [], 0
+def token_char_spans(token_ids: list[int], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The decoded completion and the character span of each token in it (special tokens: an empty span)."""
     special = set(tokenizer.all_special_ids)
-    for tid in token_ids:
-        piece = "" if tid in special else tokenizer.decode([tid])
+    pieces = ["" if tid in special else tokenizer.decode([tid]) for tid in token_ids]
+    spans, pos = [], 0
+    for piece in pieces:
         spans.append((pos, pos + len(piece)))
         pos += len(piece)
-    return spans
+    return "".join(pieces), spans
 
 
 def oracle_mask(completion_ids: torch.Tensor, completion_mask: torch.Tensor, advantages: torch.Tensor,
@@ -136,8 +136,7 @@ def oracle_mask(completion_ids: torch.Tensor, completion_mask: torch.Tensor, adv
     for i in range(B):
         n = int(completion_mask[i].sum())
         ids = completion_ids[i, :n].tolist()
-        spans = token_char_spans(ids, tokenizer)
-        text = "".join(tokenizer.decode([t]) if s[1] > s[0] else "" for t, s in zip(ids, spans, strict=True))
+        text, spans = token_char_spans(ids, tokenizer)
         decisive = decisive_char_spans(text, *problems[i], float(advantages[i]))
         if not decisive:
             continue
