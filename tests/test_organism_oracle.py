@@ -204,3 +204,31 @@ def test_control_outcome_when_neither_or_the_paper_dose_detects(tmp_path):
     assert summarize.control_outcome(table[:1], "final_sampled_accuracy") is None
     assert summarize.detects({"ci95": [0.001, 0.05], "mean": 0.02}) is True
     assert summarize.detects({"ci95": [-0.001, 0.05], "mean": 0.03}) is False
+
+
+def test_environment_check_pairs_the_rerun_with_both_sides(tmp_path):
+    # amendment 4: the re-run uniform is 1 point above the committed one on seeds 0-5 only; the arms are compared
+    # with the re-run on the seeds both have
+    _write_sweep(tmp_path, {"oracle": [0.02] * 12, "random": [0.01] * 12})
+    rerun = tmp_path / summarize.ENVIRONMENT_CHECK / "cells"
+    rerun.mkdir(parents=True)
+    for seed in range(6):
+        final = 0.27 + 0.003 * (seed % 3) + 0.01
+        (rerun / f"organism__uniform__s{seed}.json").write_text(json.dumps(_sampled_cell("uniform", seed, final)))
+    summarize.summarize(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["comparison"]: r["final_sampled_accuracy"] for r in summary["environment_check"]}
+    assert list(rows) == ["uniform (re-run) − uniform (committed)", "oracle − uniform (re-run)",
+                          "oracle_strong − uniform (re-run)", "random − uniform (re-run)"]
+    assert rows["uniform (re-run) − uniform (committed)"]["seeds"] == list(range(6))
+    assert rows["uniform (re-run) − uniform (committed)"]["mean"] == pytest.approx(0.01)
+    assert rows["oracle − uniform (re-run)"]["mean"] == pytest.approx(0.01)
+    assert rows["oracle_strong − uniform (re-run)"]["mean"] == pytest.approx(-0.01)
+    assert rows["random − uniform (re-run)"]["wins"] == 0 and rows["random − uniform (re-run)"]["ties"] == 6
+    text = (tmp_path / "summary.md").read_text()
+    assert "| uniform (re-run) − uniform (committed) | 6 | +1.0" in text
+    # without the folder there is no such section
+    _ = [p.unlink() for p in rerun.glob("*.json")]
+    summarize.summarize(tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["environment_check"] == []
+    assert "Environment check" not in (tmp_path / "summary.md").read_text()

@@ -168,6 +168,29 @@ def versus_random(cells: dict[str, dict[int, dict]], metrics: tuple[str, ...]) -
     return out
 
 
+ENVIRONMENT_CHECK = "environment_check"  # amendment 4: uniform re-run in the amendment-3 environment (a subfolder)
+
+
+def environment_check(cells: dict[str, dict[int, dict]], rerun: dict[str, dict[int, dict]],
+                      metrics: tuple[str, ...]) -> list[dict]:
+    """Amendment 4 (reported, not decided): the re-run ``uniform`` minus the committed one (the environment's effect,
+    expected 0), then each amendment-3 arm minus the re-run ``uniform`` (inside one environment), paired by seed.
+
+    ``rerun``: the cells of the ``environment_check`` folder (strategy -> seed -> cell). Rows without 2 shared seeds
+    are left out. Returns ``[{"comparison", "a", "b", metric: paired(...)}]``."""
+    if "uniform" not in rerun:
+        return []
+    pairs = [("uniform (re-run)", rerun["uniform"], "uniform (committed)", cells.get("uniform", {}))]
+    pairs += [(arm, cells[arm], "uniform (re-run)", rerun["uniform"]) for arm in CONTROL if arm in cells]
+    out = []
+    for a, a_cells, b, b_cells in pairs:
+        seeds = sorted(set(a_cells) & set(b_cells))
+        comparison = {m: paired(m, a_cells, b_cells, seeds) for m in metrics}
+        if comparison[metrics[0]]:
+            out.append({"comparison": f"{a} − {b}", "a": a, "b": b, **comparison})
+    return out
+
+
 def overall_answer(table: list[dict], metric: str) -> str | None:
     """The study's answer (amendment 2) from the attention strategies' verdicts on ``metric``: ``yes``,
     ``no effect as large as the papers'``, ``mixed``, or ``inconclusive`` (None before every one has a verdict)."""
@@ -326,10 +349,11 @@ def _diff(d, counts: bool = True, holm: bool = True) -> str:
 
 
 def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[str, ...] = GREEDY_METRICS,
-             gradient: dict | None = None, random_rows: list[dict] | None = None) -> str:
+             gradient: dict | None = None, random_rows: list[dict] | None = None,
+             environment_rows: list[dict] | None = None) -> str:
     """The summary tables; ``base``: the checkpoint's step-0 scores (``accuracy``, ``sampled_accuracy``);
     ``gradient``: gradient_share.py's result (the gradient share of each arm's amplified tokens), when measured;
-    ``random_rows``: :func:`versus_random`."""
+    ``random_rows``: :func:`versus_random`; ``environment_rows``: :func:`environment_check`."""
     shares = (gradient or {}).get("arms", {})
     primary, secondary, *reported = metrics
     step0 = ", ".join(f"{kind} {_pct(base.get(key))}%" for kind, key in (("greedy", "accuracy"),
@@ -385,6 +409,12 @@ def markdown(table: list[dict], versus: list[dict], base: dict, metrics: tuple[s
                   "|---|---|---|---|---|---|"]
         for v in random_rows:
             lines.append(f"| {v['strategy']} − random | {len(v[primary]['seeds'])} | {_diff(v[primary], holm=False)} |")
+    if environment_rows:
+        lines += ["", "Environment check (amendment 4; `uniform` re-run in the amendment-3 environment, folder "
+                  f"`{ENVIRONMENT_CHECK}/`; paired by seed, reported, not a decision):", "",
+                  f"| comparison | seeds | Δ {LABELS[primary]} [95% CI] | p | W/T/L | MDD |", "|---|---|---|---|---|---|"]
+        for v in environment_rows:
+            lines.append(f"| {v['comparison']} | {len(v[primary]['seeds'])} | {_diff(v[primary], holm=False)} |")
     if versus:
         lines += ["", "Scaled credit setting (W = H_lo = 5, H_hi = 46) against the defaults, paired by seed:", "",
                   f"| scaled − default | seeds | Δ {LABELS[primary]} [95% CI] | p | W/T/L | MDD | "
@@ -544,7 +574,8 @@ def summarize(out: Path) -> list[dict]:
     gradient_path = out / "gradient_share.json"
     gradient = json.loads(gradient_path.read_text()) if gradient_path.exists() else None
     random_rows = versus_random(cells, metrics)
-    text = markdown(table, versus, base, metrics, gradient, random_rows)
+    environment_rows = environment_check(cells, load_cells(out / ENVIRONMENT_CHECK), metrics)
+    text = markdown(table, versus, base, metrics, gradient, random_rows, environment_rows)
     finished = {s: sorted(c) for s, c in cells.items()}
     plot(cells, base.get(key), out / "learning_curves.png", key)
     plot_positions(table, out / "credit_positions.png")
@@ -555,6 +586,7 @@ def summarize(out: Path) -> list[dict]:
                                                   "metrics": list(metrics), "finished_cells": finished,
                                                   "complete_core_seeds": complete_seeds(cells), "rows": table,
                                                   "scaled_vs_default": versus, "versus_random": random_rows,
+                                                  "environment_check": environment_rows,
                                                   "gradient_share": gradient,
                                                   "answer": overall_answer(table, metrics[0]),
                                                   "control_outcome": control_outcome(table, metrics[0])}, indent=1))
