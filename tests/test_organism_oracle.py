@@ -193,6 +193,19 @@ def test_control_outcomes_follow_amendment_3(tmp_path):
     assert coupled_vs_random[metric]["mean"] == pytest.approx(-0.0095)
     text = (tmp_path / "summary.md").read_text()
     assert "| oracle | 12 |" in text and "46% (γ̄ 1.23)" in text and "What the positive control says (final)" in text
+    assert "- oracle: **better** (also after Holm); a gain smaller than the effect of interest" in text
+    assert "- oracle_strong: **better** (also after Holm); **detects a credit gain**" in text
+
+
+def test_detection_label_follows_amendment_3():
+    def diff(mean, lo, hi):
+        return {"mean": mean, "ci95": [lo, hi]}
+
+    assert summarize.detection_label(diff(0.025, 0.001, 0.04)) == "**detects a credit gain**"
+    assert summarize.detection_label(diff(0.009, 0.002, 0.017)).startswith("a gain smaller than the effect of interest")
+    assert summarize.detection_label(diff(0.013, -0.001, 0.028)) == "does not detect a gain"
+    assert summarize.detection_label(diff(0.03, -0.001, 0.06)) == "does not detect a gain"  # mean >= 2, CI not above 0
+    assert summarize.detection_label(None) == "does not detect a gain"
 
 
 def test_control_outcome_when_neither_or_the_paper_dose_detects(tmp_path):

@@ -138,6 +138,16 @@ def detects(diff: dict | None, smallest_effect: float = SMALLEST_EFFECT) -> bool
     return diff["ci95"][0] > 0 and diff["mean"] >= smallest_effect
 
 
+def detection_label(diff: dict | None, smallest_effect: float = SMALLEST_EFFECT) -> str:
+    """Amendment 3's wording for an oracle arm: it detects a credit gain, shows "a gain smaller than the effect of
+    interest" (CI above 0, mean below ``smallest_effect``; not a detection), or does not detect a gain."""
+    if detects(diff, smallest_effect):
+        return "**detects a credit gain**"
+    if diff and diff["ci95"][0] > 0:
+        return "a gain smaller than the effect of interest (CI above 0, mean below +2 points: not a detection)"
+    return "does not detect a gain"
+
+
 def control_outcome(table: list[dict], metric: str) -> str | None:
     """What the positive control says (amendment 3), from the two oracle arms' ``detects``; None until both have one.
     """
@@ -248,9 +258,7 @@ def control_conclusion(table: list[dict], metric: str) -> list[str]:
         v = r[f"{metric}_verdict"]
         holm = " (also after Holm)" if v["holm"] else " (uncorrected p only)" if v["verdict"] in ("better", "worse") \
             else ""
-        detect = ""
-        if r["strategy"] in ORACLES:
-            detect = "; **detects a credit gain**" if r.get(f"{metric}_detects") else "; does not detect a gain"
+        detect = f"; {detection_label(r.get(f'{metric}_vs_uniform'))}" if r["strategy"] in ORACLES else ""
         lines.append(f"- {r['strategy']}: **{v['verdict']}**{holm}{detect}; consistent with the data: from "
                      f"{_pct(v['loss_bound'], True)} to {_pct(v['gain_bound'], True)} points.")
     outcome = control_outcome(table, metric)
